@@ -1,0 +1,79 @@
+"""Shared fixtures: small cases written in the real file formats of each layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+SMALL = (12, 10, 8)
+
+
+def write_nifti(path: Path, data: np.ndarray, slope: float | None = None) -> Path:
+    """Write ``data`` as NIfTI; with ``slope`` store it as int16 scaled by that factor."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if slope is not None:
+        img = nib.Nifti1Image(np.round(data / slope).astype(np.int16), np.eye(4))
+        img.header.set_slope_inter(slope, 0)
+    else:
+        img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.5, 1.0]))
+    nib.save(img, path)
+    return path
+
+
+def small_image(shape=SMALL, seed=0) -> np.ndarray:
+    """float32 (x, y, z, 4) where channel c holds 100 * (c + 1) plus a voxel-dependent ramp."""
+    rng = np.random.default_rng(seed)
+    ramp = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    return np.stack([100 * (c + 1) + ramp + rng.integers(0, 5, shape) for c in range(4)], -1)
+
+
+def small_label(shape=SMALL, values=(0, 1, 2, 3)) -> np.ndarray:
+    """uint8 (x, y, z) with blocks of each value."""
+    label = np.zeros(shape, np.uint8)
+    for i, v in enumerate(values[1:], start=1):
+        label[2 * i:2 * i + 2, 2:6, 2:6] = v
+    return label
+
+
+@pytest.fixture
+def msd_dir(tmp_path) -> Path:
+    """An MSD Task01 folder: two training cases (one float32, one int16 with a scale factor)
+    and one test case without a label."""
+    root = tmp_path / "Task01_BrainTumour"
+    write_nifti(root / "imagesTr" / "BRATS_001.nii.gz", small_image(seed=1))
+    write_nifti(root / "labelsTr" / "BRATS_001.nii.gz", small_label())
+    write_nifti(root / "imagesTr" / "BRATS_002.nii.gz", small_image(seed=2), slope=0.5)
+    write_nifti(root / "labelsTr" / "BRATS_002.nii.gz", small_label())
+    write_nifti(root / "imagesTs" / "BRATS_900.nii.gz", small_image(seed=3))
+    (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "dataset.json").write_text(json.dumps({"name": "BRATS", "numTraining": 2}))
+    return root
+
+
+def write_brats_case(folder: Path, suffixes, label_suffix, label_values, seed=0) -> Path:
+    image = small_image(seed=seed)
+    for channel, suffix in enumerate(suffixes):
+        write_nifti(folder / f"{folder.name}{suffix}.nii.gz", image[..., channel])
+    write_nifti(folder / f"{folder.name}{label_suffix}.nii.gz", small_label(values=label_values))
+    return folder
+
+
+@pytest.fixture
+def brats2021_dir(tmp_path) -> Path:
+    root = tmp_path / "BraTS2021"
+    for i in range(2):
+        write_brats_case(root / f"BraTS2021_0000{i}", ("_flair", "_t1", "_t1ce", "_t2"), "_seg",
+                         (0, 1, 2, 4), seed=i)
+    return root
+
+
+@pytest.fixture
+def brats2023_dir(tmp_path) -> Path:
+    root = tmp_path / "BraTS2023"
+    write_brats_case(root / "BraTS-GLI-00000-000", ("-t2f", "-t1n", "-t1c", "-t2w"), "-seg",
+                     (0, 1, 2, 3))
+    return root

@@ -1,0 +1,105 @@
+"""Static figures drawn with matplotlib: sequences with label overlays, and the README's assets.
+
+Colours follow the seed: red edema, green non-enhancing tumour, blue enhancing tumour.
+``python -m tumorseg.figures assets`` regenerates ``assets/`` from the project's own code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .data import CHANNELS
+
+LABEL_COLOURS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+
+
+def to_display(slice_2d: np.ndarray) -> np.ndarray:
+    """A 2-D ``(x, y)`` array turned for display: rows = y from front to back, columns = x."""
+    return np.rot90(slice_2d)
+
+
+def normalise(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Intensities of ``image`` mapped to 0..1 between percentiles of its non-zero voxels."""
+    values = image[image != 0]
+    if values.size == 0:
+        return np.zeros_like(image, dtype=np.float32)
+    lo, hi = np.percentile(values, [low, high])
+    return np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def overlay(grey: np.ndarray, label: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """RGB ``(..., 3)`` of a 0..1 grey image with the label's colours blended in at ``opacity``."""
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    mask = (label > 0)[..., None]
+    colour = LABEL_COLOURS[label]
+    return np.where(mask, (1 - opacity) * rgb + opacity * colour, rgb)
+
+
+def best_slice(label: np.ndarray | None, axis: int = 2) -> int:
+    """Index along ``axis`` with the most tumour voxels (the middle when there is no tumour)."""
+    if label is None or not label.any():
+        return (label.shape[axis] if label is not None else 1) // 2
+    other = tuple(a for a in range(3) if a != axis)
+    return int(np.argmax((label > 0).sum(axis=other)))
+
+
+def plot_case(image: np.ndarray, label: np.ndarray | None = None, z: int | None = None,
+              title: str | None = None):
+    """A figure with the four sequences of axial slice ``z`` and, if given, the label overlay.
+
+    image: ``(x, y, z, 4)``; label: ``(x, y, z)`` in the seed's values.
+    """
+    import matplotlib.pyplot as plt
+
+    z = best_slice(label) if z is None else z
+    panels = len(CHANNELS) + (label is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3 * panels, 3.3), facecolor="black")
+    for channel, name in enumerate(CHANNELS):
+        axes[channel].imshow(to_display(normalise(image[:, :, z, channel])), cmap="gray")
+        axes[channel].set_title(name, color="white")
+    if label is not None:
+        flair = normalise(image[:, :, z, 0])
+        axes[-1].imshow(to_display(overlay(flair, label[:, :, z], opacity=0.6)))
+        axes[-1].set_title("labels on FLAIR", color="white")
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, color="white")
+    fig.tight_layout()
+    return fig
+
+
+def legend_handles():
+    """Matplotlib legend patches for the three tumour classes."""
+    from matplotlib.patches import Patch
+
+    names = ("edema", "non-enhancing tumour", "enhancing tumour")
+    return [Patch(color=LABEL_COLOURS[i + 1], label=name) for i, name in enumerate(names)]
+
+
+def make_assets(folder: str | Path = "assets") -> list[Path]:
+    """Regenerate the README's pictures from a freshly synthesised phantom case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .synthetic import synthesize_case
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image, label = synthesize_case(seed=0, index=2)
+    fig = plot_case(image, label, title="synthetic phantom case (seed 0, case 3)")
+    fig.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False,
+               labelcolor="white", bbox_to_anchor=(0.5, -0.02))
+    path = folder / "synthetic_case.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight", facecolor="black")
+    return [path]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["assets"]:
+        sys.exit("usage: python -m tumorseg.figures assets")
+    for written in make_assets():
+        print(written)
