@@ -1,0 +1,71 @@
+"""tumorseg.model: the seed's U-Net, its options and presets."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tumorseg.model import PRESETS, ModelConfig, build_model, forward_flops, unet_model_3d
+
+
+def test_seed_preset_is_the_seeds_model():
+    model = build_model("seed")
+    assert model.count_params() == 16_318_307
+    assert model.input_shape == (None, 160, 160, 16, 4)
+    assert model.output_shape == (None, 160, 160, 16, 3)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert forward_flops(model) == pytest.approx(741.92e9, rel=1e-3)
+
+
+def test_architecture_levels():
+    model = unet_model_3d(input_shape=(16, 16, 16, 4), n_base_filters=4)
+    convs = {layer.name: layer for layer in model.layers if isinstance(layer, keras.layers.Conv3D)}
+    # contracting: n then 2n filters, n doubling per level
+    assert [convs[f"down{d}{ab}_conv"].filters for d in range(4) for ab in "ab"] == \
+        [4, 8, 8, 16, 16, 32, 32, 64]
+    # expanding: as many filters as the same-level contracting output
+    assert [convs[f"up{d}{ab}_conv"].filters for d in (2, 1, 0) for ab in "ab"] == \
+        [32, 32, 16, 16, 8, 8]
+    assert all(c.kernel_size == (3, 3, 3) for n, c in convs.items() if n != "logits")
+    assert convs["logits"].kernel_size == (1, 1, 1) and convs["logits"].filters == 3
+    assert sum(isinstance(l, keras.layers.MaxPooling3D) for l in model.layers) == 3
+    assert sum(isinstance(l, keras.layers.UpSampling3D) for l in model.layers) == 3
+
+
+def test_free_input_size_and_options():
+    model = unet_model_3d(input_shape=(None, None, None, 4), n_base_filters=2,
+                          normalization="instance", deconvolution=True)
+    for shape in ((8, 16, 24), (16, 8, 8)):
+        out = model(np.zeros((1, *shape, 4), np.float32))
+        assert out.shape == (1, *shape, 3)
+    assert any(isinstance(l, keras.layers.Conv3DTranspose) for l in model.layers)
+    assert any(isinstance(l, keras.layers.GroupNormalization) for l in model.layers)
+    batch = unet_model_3d(input_shape=(8, 8, 8, 4), n_base_filters=2, normalization="batch")
+    assert any(isinstance(l, keras.layers.BatchNormalization) for l in batch.layers)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        unet_model_3d(input_shape=(12, 16, 16, 4))
+
+
+def test_bf16_keeps_float32_probabilities():
+    model = build_model(ModelConfig(patch_shape=(16, 16, 16), n_base_filters=2,
+                                    precision="mixed_bfloat16"))
+    assert model.layers[1].compute_dtype == "bfloat16"
+    out = model(np.random.default_rng(0).random((1, 16, 16, 16, 4)).astype(np.float32))
+    assert out.dtype == "float32"
+    assert np.all((np.asarray(out) >= 0) & (np.asarray(out) <= 1))
+
+
+def test_cpu_preset_is_the_same_architecture_smaller():
+    cpu = PRESETS["cpu"]
+    assert cpu.depth == PRESETS["seed"].depth and cpu.n_labels == 3
+    model = build_model("cpu")
+    assert model.count_params() < 2_000_000
+    assert forward_flops(model) < forward_flops(build_model("seed")) / 20
+
+
+def test_config_round_trips_through_json():
+    import json
+
+    config = PRESETS["cpu"]
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

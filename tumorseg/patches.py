@@ -1,0 +1,283 @@
+"""Patches: the seed's ``get_sub_volume`` and ``standardize``, made fast, and the training input.
+
+Shapes are channels-last: an image ``(x, y, z, 4)``, a patch ``(px, py, pz, 4)``, its label
+one-hot without background ``(px, py, pz, 3)``.
+
+``get_sub_volume`` keeps the seed's meaning — a uniformly random window whose background share is
+below ``background_threshold`` — but finds it without blind retries: every qualifying window
+overlaps the tumour's bounding box, so corners are drawn only from those that do, each checked by
+counting tumour voxels (no one-hot per try), and when a few draws fail, box sums over all those
+corners list every qualifying window exactly. None comes back only when no window qualifies.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+FAST_TRIES = 16  # random draws before the exact search
+
+
+# ----------------------------------------------------------------------------- the seed's functions
+
+
+def standardize(image: np.ndarray) -> np.ndarray:
+    """Each channel of each z-slice to mean 0 and standard deviation 1.
+
+    image: ``(x, y, z, C)``. A constant slice is only centred (never divided by zero).
+    Returns a new float32 array of the same shape.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    std = image.std(axis=(0, 1), keepdims=True)
+    return (image - mean) / np.where(std > 0, std, 1).astype(np.float32)
+
+
+def one_hot(label: np.ndarray, num_classes: int = 4) -> np.ndarray:
+    """float32 ``(..., num_classes - 1)``: one channel per non-background class 1..num_classes-1."""
+    return (label[..., None] == np.arange(1, num_classes, dtype=label.dtype)).astype(np.float32)
+
+
+def get_sub_volume(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160, output_y=160,
+                   output_z=16, num_classes=4, max_tries=1000, background_threshold=0.95,
+                   rng: np.random.Generator | None = None):
+    """A random sub-volume whose background share is below ``background_threshold``.
+
+    Args:
+        image: ``(x, y, z, C)``, at least ``(orig_x, orig_y, orig_z)`` in space.
+        label: ``(x, y, z)`` integer labels, 0 background.
+        output_x, output_y, output_z: the sub-volume's size.
+        num_classes: classes including background.
+        max_tries: cap on the fast random draws (the exact search follows them).
+        rng: a numpy Generator; None uses numpy's global state, as the seed does.
+
+    Returns:
+        ``X`` float32 ``(output_x, output_y, output_z, C)`` and ``y`` float32
+        ``(output_x, output_y, output_z, num_classes - 1)``, or None (with a warning) when no
+        window qualifies.
+    """
+    window = (output_x, output_y, output_z)
+    corner = find_window(label[:orig_x, :orig_y, :orig_z], window, background_threshold,
+                         rng=rng, fast_tries=min(max_tries, FAST_TRIES))
+    if corner is None:
+        warnings.warn(f"no {output_x}x{output_y}x{output_z} window has a background share below "
+                      f"{background_threshold}: returning None", stacklevel=2)
+        return None
+    box = tuple(slice(c, c + w) for c, w in zip(corner, window))
+    X = np.array(image[box], dtype=np.float32, order="C")
+    y = one_hot(np.asarray(label[box]), num_classes)
+    return X, y
+
+
+def _randint(rng, low: int, high: int) -> int:
+    """Uniform integer in [low, high)."""
+    return int(np.random.randint(low, high) if rng is None else rng.integers(low, high))
+
+
+def find_window(label: np.ndarray, window: tuple[int, int, int], background_threshold: float,
+                rng: np.random.Generator | None = None, fast_tries: int = FAST_TRIES):
+    """Corner ``(x, y, z)`` of a uniformly random window of ``label`` whose background share is
+    below ``background_threshold``, or None when there is none.
+
+    label: ``(X, Y, Z)``; window: ``(wx, wy, wz)`` no larger than label.
+    """
+    if any(w > s for w, s in zip(window, label.shape)):
+        raise ValueError(f"window {window} larger than the volume {label.shape}")
+    volume = int(np.prod(window))
+    foreground = label != 0
+
+    def qualifies(count):  # the seed's test, on the foreground count
+        return (volume - count) / volume < background_threshold
+
+    total = int(np.count_nonzero(foreground))
+    if not qualifies(total):
+        return None
+    # Only corners whose window overlaps the tumour's bounding box can qualify.
+    nonzero = [np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis)))
+               for axis in range(3)]
+    low = [max(0, int(idx[0]) - w + 1) for idx, w in zip(nonzero, window)]
+    high = [min(s - w, int(idx[-1])) for idx, s, w in zip(nonzero, label.shape, window)]
+    for _ in range(fast_tries):
+        corner = tuple(_randint(rng, lo, hi + 1) for lo, hi in zip(low, high))
+        box = tuple(slice(c, c + w) for c, w in zip(corner, window))
+        if qualifies(np.count_nonzero(foreground[box])):
+            return corner
+    # Exact search: the foreground count of every candidate window, by box sums.
+    region = tuple(slice(lo, hi + w) for lo, hi, w in zip(low, high, window))
+    counts = window_sums(foreground[region], window)
+    candidates = np.flatnonzero(qualifies(counts))
+    if candidates.size == 0:
+        return None
+    pick = candidates[_randint(rng, 0, candidates.size)]
+    return tuple(int(i) + lo for i, lo in zip(np.unravel_index(pick, counts.shape), low))
+
+
+def window_sums(mask: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
+    """Sum of ``mask`` over every ``window``-sized box: ``(X-wx+1, Y-wy+1, Z-wz+1)`` int32."""
+    sums = mask.astype(np.int32)
+    for axis, width in enumerate(window):
+        cumulative = np.cumsum(sums, axis=axis, dtype=np.int32)
+        pad = [(0, 0)] * 3
+        pad[axis] = (1, 0)
+        cumulative = np.pad(cumulative, pad)
+        upper = [slice(None)] * 3
+        lower = [slice(None)] * 3
+        upper[axis], lower[axis] = slice(width, None), slice(None, -width)
+        sums = cumulative[tuple(upper)] - cumulative[tuple(lower)]
+    return sums
+
+
+# ----------------------------------------------------------------------------- sampling for training
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes applied to each training patch; each can be switched off."""
+
+    flip: bool = True  # left-right (x axis) flip with probability 0.5
+    scale: float = 0.1  # per-channel intensity factor in [1 - scale, 1 + scale]
+    shift: float = 0.1  # per-channel offset in [-shift, shift] (in standardised units)
+    noise: float = 0.05  # Gaussian noise of std up to this (standardised units)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NO_AUGMENTATION = Augmentation(flip=False, scale=0.0, shift=0.0, noise=0.0)
+
+
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+            augmentation: Augmentation = Augmentation()) -> tuple[np.ndarray, np.ndarray]:
+    """Flip, scale, shift and add noise to a standardised patch ``x (px, py, pz, C)`` and its
+    label ``y (px, py, pz, K)`` (labels only flip)."""
+    channels = x.shape[-1]
+    if augmentation.flip and rng.random() < 0.5:
+        x, y = x[::-1], y[::-1]
+    if augmentation.scale:
+        x = x * rng.uniform(1 - augmentation.scale, 1 + augmentation.scale, channels).astype(np.float32)
+    if augmentation.shift:
+        x = x + rng.uniform(-augmentation.shift, augmentation.shift, channels).astype(np.float32)
+    if augmentation.noise:
+        sigma = rng.uniform(0, augmentation.noise)
+        x = x + (sigma * rng.standard_normal(x.shape, dtype=np.float32))
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
+
+
+def brain_box(image: np.ndarray, min_shape: tuple[int, int, int] = (1, 1, 1)) -> tuple[slice, ...]:
+    """Bounding box of the voxels non-zero in any channel, grown (within the volume) to at least
+    ``min_shape``. image: ``(x, y, z, C)``."""
+    inside = np.any(image != 0, axis=-1)
+    box = []
+    for axis, (size, need) in enumerate(zip(inside.shape, min_shape)):
+        profile = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo, hi = (int(profile[0]), int(profile[-1]) + 1) if profile.size else (0, size)
+        grow = max(0, min(need, size) - (hi - lo))
+        lo = max(0, min(lo - grow // 2, size - max(hi - lo, need)))
+        box.append(slice(lo, min(size, max(hi, lo + need))))
+    return tuple(box)
+
+
+def pad_to(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Zero-pad the first three axes of ``array`` at the end up to at least ``shape``."""
+    pad = [(0, max(0, s - a)) for a, s in zip(array.shape[:3], shape)]
+    pad += [(0, 0)] * (array.ndim - 3)
+    return np.pad(array, pad) if any(p[1] for p in pad) else array
+
+
+@dataclass
+class CachedCase:
+    """A case cropped to its brain, as memory-mapped arrays."""
+
+    id: str
+    image: np.ndarray  # (x, y, z, 4) float32
+    label: np.ndarray  # (x, y, z) uint8
+    tumour: np.ndarray  # flat indices of tumour voxels, int64
+
+
+def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -> CachedCase:
+    """Load ``case`` once, crop it to its brain, save it as .npy under ``cache_dir`` (atomically)
+    and return memory-mapped views. A complete cache is reused."""
+    from .data import atomic_path, load_case
+
+    cache_dir = Path(cache_dir)
+    paths = {part: cache_dir / f"{case.id}.{part}.npy" for part in ("image", "label", "tumour")}
+    if not all(p.exists() for p in paths.values()):
+        image, label = load_case(case)
+        if label is None:
+            from .errors import InputError
+
+            raise InputError(case.reference, "training needs a label for every case")
+        box = brain_box(image, patch_shape)
+        arrays = {"image": pad_to(image[box], patch_shape), "label": pad_to(label[box], patch_shape)}
+        arrays["tumour"] = np.flatnonzero(arrays["label"])
+        for part in ("tumour", "label", "image"):  # image last: its presence marks completeness
+            with atomic_path(paths[part]) as tmp:
+                np.save(tmp, np.ascontiguousarray(arrays[part]), allow_pickle=False)
+    loaded = {part: np.load(p, mmap_mode="r", allow_pickle=False) for part, p in paths.items()}
+    return CachedCase(case.id, loaded["image"], loaded["label"], np.asarray(loaded["tumour"]))
+
+
+class PatchSampler:
+    """Deterministic random training patches: element ``i`` depends only on ``(seed, i)``.
+
+    A share ``tumour_share`` of patches is centred near a random tumour voxel (the voxel lies at
+    a uniformly random place in the window); the rest are uniformly random windows. Each patch is
+    standardised (per channel and z-slice) and augmented.
+    """
+
+    def __init__(self, cases: list[CachedCase], patch_shape=(160, 160, 16), tumour_share=0.9,
+                 augmentation: Augmentation = Augmentation(), seed: int = 0, num_classes: int = 4):
+        if not cases:
+            raise ValueError("PatchSampler needs at least one case")
+        self.cases, self.patch_shape = cases, tuple(patch_shape)
+        self.tumour_share, self.augmentation = tumour_share, augmentation
+        self.seed, self.num_classes = seed, num_classes
+
+    def corner(self, case: CachedCase, rng: np.random.Generator) -> tuple[int, int, int]:
+        shape = case.label.shape
+        if case.tumour.size and rng.random() < self.tumour_share:
+            voxel = np.unravel_index(case.tumour[rng.integers(case.tumour.size)], shape)
+            return tuple(int(np.clip(v - rng.integers(w), 0, s - w))
+                         for v, w, s in zip(voxel, self.patch_shape, shape))
+        return tuple(int(rng.integers(s - w + 1)) for w, s in zip(self.patch_shape, shape))
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Patch ``index``: ``x (px, py, pz, 4)`` standardised and augmented, ``y (px, py, pz, 3)``."""
+        rng = np.random.default_rng([self.seed, int(index)])
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        corner = self.corner(case, rng)
+        box = tuple(slice(c, c + w) for c, w in zip(corner, self.patch_shape))
+        x = standardize(case.image[box])
+        y = one_hot(np.asarray(case.label[box]), self.num_classes)
+        return augment(x, y, rng, self.augmentation)
+
+
+def training_dataset(sampler: PatchSampler, batch_size: int, start: int = 0,
+                     count: int | None = None):
+    """tf.data pipeline of batches ``x (B, px, py, pz, 4)``, ``y (B, px, py, pz, 3)``.
+
+    Element ``i`` is ``sampler(start + i)``: deterministic, and resumable at any step by choosing
+    ``start``. Patches are made in parallel and batches prefetched, so they are ready before the
+    model asks. ``count`` patches in all (None: without end).
+    """
+    import tensorflow as tf
+
+    px, py, pz = sampler.patch_shape
+    x_spec = tf.TensorSpec((px, py, pz, 4), tf.float32)
+    y_spec = tf.TensorSpec((px, py, pz, sampler.num_classes - 1), tf.float32)
+    indices = tf.data.Dataset.range(start, start + count if count is not None else 2**62)
+
+    def load(index):
+        x, y = tf.numpy_function(sampler, [index], (tf.float32, tf.float32), stateful=False)
+        return tf.ensure_shape(x, x_spec.shape), tf.ensure_shape(y, y_spec.shape)
+
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return (indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE)
+            .with_options(options))
