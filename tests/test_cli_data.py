@@ -138,3 +138,14 @@ def test_bad_dataset_cases_exit_2(msd_dir, brats2021_dir, tmp_path):
     result = tumorseg("info", brats2021_dir / "BraTS2021_00001")
     assert result.returncode == 2 and "_seg.nii.gz" in result.stderr
     assert "outside the brats2021 set" in result.stderr
+
+
+def test_patches_command_writes_the_processed_layout(msd_dir, tmp_path):
+    result = tumorseg("patches", "--data", msd_dir, "--out", tmp_path / "processed",
+                      "--per-case", 1, "--patch", 8, 8, 4, "--valid-fraction", 0.5)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "processed" / "config.json").read_text())
+    assert len(config["train"]) == 1 and len(config["valid"]) == 1
+    assert (tmp_path / "processed" / "train" / config["train"][0]).exists()
+    result = tumorseg("patches", "--data", tmp_path / "nothing", "--out", tmp_path / "p2")
+    assert result.returncode == 2 and "nothing: no such file" in result.stderr

@@ -33,6 +33,16 @@ def cmd_info(args: argparse.Namespace) -> None:
           + ", ".join(f"{k} {v:,.0f}" for k, v in tumour.mean().items()))
 
 
+def cmd_patches(args: argparse.Namespace) -> None:
+    from .patches import export_patches
+
+    config = export_patches(args.data, args.out, patches_per_case=args.per_case,
+                            valid_fraction=args.valid_fraction, patch_shape=tuple(args.patch),
+                            seed=args.seed)
+    print(f"wrote {len(config['train'])} training and {len(config['valid'])} validation patches "
+          f"to {args.out} (config.json lists them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tumorseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="validate every case and print a summary table")
     info.add_argument("data", metavar="DATA_DIR", help="MSD Task01 or BraTS folder")
     info.set_defaults(func=cmd_info)
+
+    cut = commands.add_parser("patches", help="export fixed patches to the seed's processed/ layout")
+    cut.add_argument("--data", required=True, help="MSD Task01 or BraTS folder")
+    cut.add_argument("--out", required=True, help="output folder (train/, valid/, config.json)")
+    cut.add_argument("--per-case", type=int, default=4, help="patches per case (default 4)")
+    cut.add_argument("--valid-fraction", type=float, default=0.2, help="share of cases (0.2)")
+    cut.add_argument("--patch", type=int, nargs=3, default=(160, 160, 16), metavar=("X", "Y", "Z"))
+    cut.add_argument("--seed", type=int, default=0)
+    cut.set_defaults(func=cmd_patches)
     return parser
 
 

@@ -1,0 +1,35 @@
+"""Run the benchmarks: `python -m benchmarks [NAME ...]`; print a table; JSON in build/bench/."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from . import bench_patches  # noqa: E402
+
+BENCHMARKS = {
+    "patches": (bench_patches.sampling, bench_patches.report_sampling),
+}
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in names or BENCHMARKS:
+        run, report = BENCHMARKS[name]
+        print(f"[bench] {name} ...", flush=True)
+        rows += report(run())
+    width = max(len(r[0]) for r in rows)
+    print()
+    for what, measured, ratio in rows:
+        print(f"{what:<{width}}  {measured:<44}  {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
