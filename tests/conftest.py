@@ -77,3 +77,19 @@ def brats2023_dir(tmp_path) -> Path:
     write_brats_case(root / "BraTS-GLI-00000-000", ("-t2f", "-t1n", "-t1c", "-t2w"), "-seg",
                      (0, 1, 2, 3))
     return root
+
+
+@pytest.fixture
+def tumour_dataset(tmp_path):
+    """An MSD folder of three 48x40x24 cases with a tumour each."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = np.zeros((48, 40, 24, 4), np.float32)
+        image[4:44, 4:36, 2:22] = rng.normal(100, 10, (40, 32, 20, 4))
+        label = np.zeros((48, 40, 24), np.uint8)
+        label[10 + i:20 + i, 12:20, 8:14] = 1
+        label[13 + i:17 + i, 14:18, 10:12] = 3
+        write_nifti(root / "imagesTr" / f"BRATS_00{i}.nii.gz", image)
+        write_nifti(root / "labelsTr" / f"BRATS_00{i}.nii.gz", label)
+    return root

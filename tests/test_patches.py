@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import write_nifti
 from tumorseg import patches
 from tumorseg.data import find_cases
 
@@ -149,22 +148,6 @@ def test_brain_box_and_padding():
     assert [s.stop - s.start for s in grown] == [16, 20, 10]
     assert grown[0].start <= 10 and grown[0].stop >= 20
     assert patches.pad_to(np.ones((3, 4, 5)), (5, 4, 6)).shape == (5, 4, 6)
-
-
-@pytest.fixture
-def tumour_dataset(tmp_path):
-    """An MSD folder of three 48x40x24 cases with a tumour each."""
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        image = np.zeros((48, 40, 24, 4), np.float32)
-        image[4:44, 4:36, 2:22] = rng.normal(100, 10, (40, 32, 20, 4))
-        label = np.zeros((48, 40, 24), np.uint8)
-        label[10 + i:20 + i, 12:20, 8:14] = 1
-        label[13 + i:17 + i, 14:18, 10:12] = 3
-        write_nifti(root / "imagesTr" / f"BRATS_00{i}.nii.gz", image)
-        write_nifti(root / "labelsTr" / f"BRATS_00{i}.nii.gz", label)
-    return root
 
 
 def test_cache_is_cropped_memory_mapped_and_reused(tumour_dataset, tmp_path):

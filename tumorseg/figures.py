@@ -80,6 +80,25 @@ def legend_handles():
     return [Patch(color=LABEL_COLOURS[i + 1], label=name) for i, name in enumerate(names)]
 
 
+def plot_history(history):
+    """Training curves from a history table (columns epoch, loss, val_loss, dice, val_dice)."""
+    from matplotlib.figure import Figure  # no pyplot: safe in worker threads and servers
+
+    figure = Figure(figsize=(9, 3.4))
+    loss_axis, dice_axis = figure.subplots(1, 2)
+    for column, axis in (("loss", loss_axis), ("dice", dice_axis)):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + column in history:
+                axis.plot(history["epoch"], history[prefix + column], style,
+                          label=("validation " if prefix else "training ") + column)
+        axis.set_xlabel("epoch")
+        axis.set_title("soft Dice loss" if column == "loss" else "Dice")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def make_assets(folder: str | Path = "assets") -> list[Path]:
     """Regenerate the README's pictures from a freshly synthesised phantom case."""
     import matplotlib

@@ -101,7 +101,8 @@ def _conv_block(x, filters, normalization, dtype_policy, name):
     """3x3x3 convolution, optional normalisation, ReLU."""
     x = layers.Conv3D(filters, 3, padding="same", dtype=dtype_policy, name=f"{name}_conv")(x)
     if normalization == "batch":
-        x = layers.BatchNormalization(dtype=dtype_policy, name=f"{name}_bn")(x)
+        # synchronized: one set of batch statistics across tf.distribute replicas
+        x = layers.BatchNormalization(synchronized=True, dtype=dtype_policy, name=f"{name}_bn")(x)
     elif normalization == "instance":
         x = layers.GroupNormalization(groups=-1, dtype=dtype_policy, name=f"{name}_in")(x)
     return layers.Activation("relu", dtype=dtype_policy, name=f"{name}_relu")(x)
