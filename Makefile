@@ -5,9 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := data/synthetic
+HELD_OUT := data/synthetic-test
+RUN := runs/cpu
 CASES ?= 24
 
-.PHONY: run test bench assets clean
+.PHONY: run test bench assets lab student clean
+STUDENT_DIR ?= student
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,15 +19,27 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# The main job: data, training (resumed if interrupted), whole-scan prediction, metrics.
 run: $(STAMP)
 	$(BIN)/tumorseg synth --out $(DATA) --cases $(CASES) --seed 0
+	$(BIN)/tumorseg synth --out $(HELD_OUT) --cases 8 --seed 1
 	$(BIN)/tumorseg info $(DATA)
+	if [ -f $(RUN)/config.json ]; then $(BIN)/tumorseg train --out $(RUN) --resume; \
+	else $(BIN)/tumorseg train --data $(DATA) --out $(RUN) --preset cpu; fi
+	$(BIN)/tumorseg predict --model $(RUN) --input $(HELD_OUT) --out $(RUN)/predictions --overwrite
+	$(BIN)/tumorseg evaluate --pred $(RUN)/predictions --truth $(HELD_OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+student: $(STAMP)
+	$(BIN)/python notebooks/make_student.py --out $(STUDENT_DIR)
 
 assets: $(STAMP)
 	$(BIN)/python -m tumorseg.figures assets

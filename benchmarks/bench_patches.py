@@ -73,3 +73,53 @@ def report_sampling(result: dict) -> list[tuple[str, str, str]]:
                   f"{result['dataset_seed_ms_per_patch']:.0f} ms",
                   f"{result['dataset_speedup']:.0f}x (target >= 5x)"))
     return lines
+
+
+def input_wait(steps: int = 30) -> dict:
+    """Share of training-step time spent waiting for the next batch, `cpu` preset."""
+    import keras
+    import tensorflow as tf
+
+    from tumorseg.data import find_cases
+    from tumorseg.metrics import batch_dice_loss
+    from tumorseg.model import build_model
+    from tumorseg.patches import PatchSampler, cache_case, training_dataset
+    from tumorseg.synthetic import write_dataset
+    from tumorseg.train import TRAINING_PRESETS, TrainConfig, make_train_step
+
+    from .common import OUT
+
+    data = OUT / "synthetic"
+    write_dataset(data, cases=4, seed=0, progress=False)
+    config = TrainConfig.from_preset(str(data), "cpu")
+    patch, batch_size = config.model.patch_shape, TRAINING_PRESETS["cpu"]["batch_size"]
+    cases = [cache_case(case, OUT / "cache", patch) for case in find_cases(data)]
+    sampler = PatchSampler(cases, patch, config.tumour_share, config.augmentation, config.seed)
+    model = build_model(config.model)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=batch_dice_loss)
+    step = make_train_step(model, tf.distribute.get_strategy())
+    iterator = iter(training_dataset(sampler, batch_size))
+    for _ in range(3):  # trace and warm up
+        step(next(iterator))
+    waited = stepped = 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(iterator)
+        got = time.perf_counter()
+        float(step(batch)[0])
+        waited += got - start
+        stepped += time.perf_counter() - got
+    patch_seconds = timed(lambda: sampler(0), 20)
+    return save("input_wait", {
+        "what": f"cpu preset, batch {batch_size} of {patch}, {steps} training steps",
+        "wait_seconds": waited, "step_seconds": stepped,
+        "wait_share": waited / (waited + stepped), "target_wait_share": 0.05,
+        "seconds_per_step": (waited + stepped) / steps, "seconds_per_patch_made": patch_seconds,
+    })
+
+
+def report_input_wait(r: dict) -> list[tuple[str, str, str]]:
+    return [("training input pipeline, cpu preset",
+             f"{r['seconds_per_step']:.2f} s/step, a patch made in "
+             f"{r['seconds_per_patch_made'] * 1e3:.1f} ms",
+             f"{r['wait_share']:.1%} of step time waiting (target < 5%)")]

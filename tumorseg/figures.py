@@ -99,6 +99,48 @@ def plot_history(history):
     return figure
 
 
+def draw_unet(depth: int = 4, n_base_filters: int = 32, patch_shape=(160, 160, 16)):
+    """A diagram of the U-Net: one box per convolution block with its filters and size,
+    max-pooling down, up-sampling up, and the skip connections across."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    figure = Figure(figsize=(11, 0.8 + 0.9 * depth))
+    ax = figure.subplots()
+    ax.set_xlim(0, 4 * depth + 1)
+    ax.set_ylim(-depth + 0.5, 1.1)
+    ax.axis("off")
+
+    def block(x, y, text, colour):
+        ax.add_patch(Rectangle((x, y - 0.35), 1.6, 0.7, facecolor=colour, edgecolor="black"))
+        ax.text(x + 0.8, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(start, end, colour, style="-|>"):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, color=colour,
+                                     mutation_scale=10, lw=1.2))
+
+    right = 4 * depth - 1.6
+    for level in range(depth):
+        y = -level
+        size = "x".join(str(s // 2 ** level) for s in patch_shape)
+        filters = n_base_filters * 2 ** level
+        x_down = level * 1.9
+        block(x_down, y, f"{filters}, {filters * 2}\n{size}", "#9ecae1")
+        if level < depth - 1:
+            arrow((x_down + 0.8, y - 0.35), (x_down + 2.7, y - 0.65), "tab:red")
+            x_up = right - level * 1.9
+            block(x_up, y, f"{filters * 2}, {filters * 2}\n{size}", "#a1d99b")
+            arrow((x_down + 1.6, y), (x_up, y), "grey", "-|>")
+            below = (level + 1) * 1.9 if level + 1 == depth - 1 else right - (level + 1) * 1.9
+            arrow((below + 1.6, y - 1 + 0.2), (x_up + 0.8, y - 0.35), "tab:green")
+    ax.text(right + 1.7, 0, "1x1x1 conv\n3 sigmoid", fontsize=8, va="center")
+    ax.text(0, 0.85, "two 3x3x3 conv + ReLU per box (filters; size)   "
+                     "red: 2x2x2 max-pool   green: 2x2x2 up-sampling   grey: concatenate",
+            fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def make_assets(folder: str | Path = "assets") -> list[Path]:
     """Regenerate the README's pictures from a freshly synthesised phantom case."""
     import matplotlib

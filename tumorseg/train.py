@@ -224,7 +224,8 @@ def cosine_learning_rate(config: TrainConfig):
 
 
 def make_train_step(model, strategy):
-    """``step(iterator) -> (loss, dice)``: one optimizer step on one global batch, any strategy."""
+    """``step(batch) -> (loss, dice)``: one optimizer step on one global (distributed) batch
+    ``(x, y)``, the same for every strategy."""
     import tensorflow as tf
 
     from .metrics import batch_dice, batch_dice_loss
@@ -239,8 +240,8 @@ def make_train_step(model, strategy):
         return loss, batch_dice(y, probabilities)
 
     @tf.function
-    def step(iterator):
-        loss, dice = strategy.run(replica_step, args=next(iterator))
+    def step(batch):
+        loss, dice = strategy.run(replica_step, args=batch)
         mean = tf.distribute.ReduceOp.MEAN
         return strategy.reduce(mean, loss, axis=None), strategy.reduce(mean, dice, axis=None)
 
@@ -346,7 +347,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, str
         losses, dices = [], []
         for batch in range(config.steps_per_epoch):
             callbacks.on_train_batch_begin(batch)
-            loss, dice = step(iterator)
+            loss, dice = step(next(iterator))
             losses.append(float(loss))
             dices.append(float(dice))
             callbacks.on_train_batch_end(batch, {"loss": losses[-1], "dice": dices[-1]})

@@ -1,0 +1,179 @@
+"""Helpers the course notebooks import: slice viewers (ipywidgets), the image grid, the GIF
+through the three axes, and the patch view. Arrays are channels-last: an image is
+``(x, y, z, 4)`` (FLAIR, T1, T1gd, T2), a label ``(x, y, z)`` with 0 background, 1 edema,
+2 non-enhancing tumour, 3 enhancing tumour. Colours: red edema, green non-enhancing, blue
+enhancing.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from tumorseg.data import CHANNELS
+from tumorseg.figures import LABEL_COLOURS, legend_handles, normalise, overlay, to_display
+
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The 2-D slice ``index`` of ``volume`` (first three axes x, y, z) in ``plane``, turned
+    for display (anterior up in axial views, superior up in the others)."""
+    axis = PLANES[plane]
+    return to_display(np.take(volume, index, axis=axis))
+
+
+def render_png(grey: np.ndarray, label: np.ndarray | None = None, opacity: float = 0.5,
+               scale: int = 2) -> bytes:
+    """PNG bytes of a 0..1 grey slice with the label's colours blended in (nearest-neighbour
+    upscaled ``scale`` times). Pure numpy + Pillow: a few milliseconds."""
+    from PIL import Image
+
+    rgb = overlay(grey, label, opacity) if label is not None else np.repeat(grey[..., None], 3, -1)
+    pixels = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class SliceViewer:
+    """An interactive viewer: plane, slice, sequence, label overlay on/off and its opacity.
+
+    ``SliceViewer(image, label).widget`` is the ipywidgets box to display; ``render()`` redraws.
+    Several labels (``labels={"truth": a, "prediction": b}``) show side by side with shared
+    controls.
+    """
+
+    def __init__(self, image: np.ndarray, label: np.ndarray | None = None,
+                 labels: dict[str, np.ndarray] | None = None, scale: int = 2):
+        import ipywidgets as widgets
+
+        self.image = image
+        self.labels = labels if labels is not None else {"labels": label}
+        self.scale = scale
+        # Each sequence is normalised once over the whole volume, so slices compare.
+        self.normalised = [normalise(image[..., c]) for c in range(image.shape[-1])]
+        tumour = next((l for l in self.labels.values() if l is not None and l.any()), None)
+        start = int(np.argmax((tumour > 0).sum(axis=(0, 1)))) if tumour is not None \
+            else image.shape[2] // 2
+        self.plane = widgets.Dropdown(options=list(PLANES), value="axial", description="plane")
+        self.slice = widgets.IntSlider(value=start, min=0, max=image.shape[2] - 1,
+                                       description="slice", continuous_update=True)
+        self.sequence = widgets.Dropdown(options=list(CHANNELS), value="FLAIR",
+                                         description="sequence")
+        self.show_labels = widgets.Checkbox(value=True, description="label overlay")
+        self.opacity = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05,
+                                           description="opacity")
+        self.images = {name: widgets.Image(format="png") for name in self.labels}
+        panels = [widgets.VBox([widgets.Label(name), view]) for name, view in self.images.items()]
+        controls = widgets.VBox([self.plane, self.slice, self.sequence, self.show_labels,
+                                 self.opacity])
+        self.widget = widgets.VBox([controls, widgets.HBox(panels)])
+        self.plane.observe(self._plane_changed, names="value")
+        for control in (self.slice, self.sequence, self.show_labels, self.opacity):
+            control.observe(lambda _: self.render(), names="value")
+        self.render()
+
+    def _plane_changed(self, change) -> None:
+        size = self.image.shape[PLANES[change["new"]]]
+        self.slice.max = size - 1
+        self.slice.value = min(self.slice.value, size - 1)
+        self.render()
+
+    def render(self) -> None:
+        """Redraw every panel for the controls' current values."""
+        channel = CHANNELS.index(self.sequence.value)
+        grey = take_slice(self.normalised[channel], self.plane.value, self.slice.value)
+        for name, label in self.labels.items():
+            shown = None
+            if label is not None and self.show_labels.value:
+                shown = take_slice(label, self.plane.value, self.slice.value)
+            self.images[name].value = render_png(grey, shown, self.opacity.value, self.scale)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def slice_viewer(image: np.ndarray, label: np.ndarray | None = None) -> SliceViewer:
+    """The interactive slice viewer of one case."""
+    return SliceViewer(image, label)
+
+
+def compare_viewer(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> SliceViewer:
+    """Ground truth and prediction side by side, with shared controls."""
+    return SliceViewer(image, labels={"ground truth": truth, "prediction": prediction})
+
+
+def plot_image_grid(image: np.ndarray, label: np.ndarray | None = None):
+    """The seed's grid: for each plane, the middle slice of each sequence, and the labels."""
+    import matplotlib.pyplot as plt
+
+    centre = [s // 2 for s in image.shape[:3]]
+    if label is not None and label.any():
+        centre = [int(np.mean(i)) for i in np.nonzero(label)]
+    rows = list(PLANES)
+    columns = len(CHANNELS) + (label is not None)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 2.6 * len(rows)),
+                             facecolor="black")
+    for r, plane in enumerate(rows):
+        index = centre[PLANES[plane]]
+        for c, name in enumerate(CHANNELS):
+            axes[r, c].imshow(take_slice(normalise(image[..., c]), plane, index), cmap="gray")
+            axes[r, c].set_title(f"{name}, {plane}", color="white", fontsize=9)
+        if label is not None:
+            grey = take_slice(normalise(image[..., 0]), plane, index)
+            axes[r, -1].imshow(overlay(grey, take_slice(label, plane, index), 0.6))
+            axes[r, -1].set_title(f"labels, {plane}", color="white", fontsize=9)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False,
+               labelcolor="white")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def visualize_data_gif(image: np.ndarray, label: np.ndarray, path: str | Path = "case.gif",
+                       step: int = 3) -> Path:
+    """An animated GIF sweeping through the three axes side by side (FLAIR with the labels);
+    returns its path. Show it with ``IPython.display.Image(filename=path)``."""
+    from PIL import Image
+
+    grey = normalise(image[..., 0])
+    frames = []
+    sizes = [image.shape[axis] for axis in (0, 1, 2)]
+    for t in np.linspace(0, 1, max(sizes) // step):
+        panels = []
+        for plane in ("sagittal", "coronal", "axial"):
+            index = min(int(t * sizes[PLANES[plane]]), sizes[PLANES[plane]] - 1)
+            rgb = overlay(take_slice(grey, plane, index), take_slice(label, plane, index), 0.5)
+            panel = np.zeros((max(sizes), max(sizes), 3))
+            panel[:rgb.shape[0], :rgb.shape[1]] = rgb
+            panels.append(panel)
+        frames.append(Image.fromarray((np.hstack(panels) * 255).astype(np.uint8)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=60, loop=0)
+    return path
+
+
+def visualize_patch(X: np.ndarray, y: np.ndarray, z: int | None = None):
+    """A patch ``X (px, py, pz, 4)`` and its label ``y (px, py, pz, 3)``: FLAIR of slice ``z``
+    and the one-hot label as colours (the seed's patch view)."""
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax(y.sum(axis=(0, 1, 3)))) if z is None else z
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.6))
+    left.imshow(to_display(X[:, :, z, 0]), cmap="gray")
+    left.set_title(f"FLAIR (standardised), z = {z}")
+    right.imshow(to_display(np.clip(y[:, :, z, :], 0, 1) @ LABEL_COLOURS[1:]))
+    right.set_title("labels: edema, non-enhancing, enhancing")
+    for ax in (left, right):
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
