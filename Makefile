@@ -9,7 +9,7 @@ HELD_OUT := data/synthetic-test
 RUN := runs/cpu
 CASES ?= 24
 
-.PHONY: run test bench assets lab student clean
+.PHONY: run test bench assets lab student chromium clean
 STUDENT_DIR ?= student
 
 $(STAMP): requirements.txt pyproject.toml
@@ -25,12 +25,16 @@ run: $(STAMP)
 	$(BIN)/tumorseg synth --out $(HELD_OUT) --cases 8 --seed 1
 	$(BIN)/tumorseg info $(DATA)
 	if [ -f $(RUN)/config.json ]; then $(BIN)/tumorseg train --out $(RUN) --resume; \
-	else $(BIN)/tumorseg train --data $(DATA) --out $(RUN) --preset cpu; fi
-	$(BIN)/tumorseg predict --model $(RUN) --input $(HELD_OUT) --out $(RUN)/predictions --overwrite
+	else $(BIN)/tumorseg train --data $(DATA) --out $(RUN) --preset cpu --time-limit 15; fi
+	$(BIN)/tumorseg predict --model $(RUN) --input $(HELD_OUT) --out $(RUN)/predictions --tta --overwrite
 	$(BIN)/tumorseg evaluate --pred $(RUN)/predictions --truth $(HELD_OUT)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The browser test drives Debian's chromium (Playwright cannot download its own here).
+chromium:
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
@@ -42,7 +46,7 @@ student: $(STAMP)
 	$(BIN)/python notebooks/make_student.py --out $(STUDENT_DIR)
 
 assets: $(STAMP)
-	$(BIN)/python -m tumorseg.figures assets
+	$(BIN)/python util.py assets
 
 clean:
 	rm -rf build .pytest_cache

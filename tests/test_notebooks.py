@@ -47,7 +47,7 @@ def datasets(tmp_path_factory):
     from tumorseg.synthetic import write_dataset
 
     root = tmp_path_factory.mktemp("course")
-    write_dataset(root / "train", cases=3, seed=0, progress=False)
+    write_dataset(root / "train", cases=4, seed=0, progress=False)
     write_dataset(root / "test", cases=1, seed=1, progress=False)
     return root
 
@@ -55,7 +55,7 @@ def datasets(tmp_path_factory):
 def test_01_data_exploration(datasets):
     notebook = execute(NOTEBOOKS / "01_data_exploration.ipynb", {"DATA": str(datasets / "train")})
     text = text_of(notebook)
-    assert "3 cases in" in text and "voxel size: (1.0, 1.0, 1.0) mm" in text
+    assert "4 cases in" in text and "voxel size: (1.0, 1.0, 1.0) mm" in text
     assert "image (240, 240, 155, 4) float32" in text
     assert displayed(notebook, "image/png") >= 2  # bar plot and image grid
     assert displayed(notebook, "image/gif") == 1
@@ -64,7 +64,7 @@ def test_01_data_exploration(datasets):
 
 def test_02_patch_generation(datasets):
     notebook = execute(NOTEBOOKS / "02_patch_generation.ipynb",
-                       {"DATA": str(datasets / "train"), "EXPORT_CASES": 2})
+                       {"DATA": str(datasets / "train"), "EXPORT_CASES": 3})
     text = text_of(notebook)
     assert text.count("All tests passed.") == 2
     assert "X (160, 160, 16, 4) y (160, 160, 16, 3)" in text
@@ -83,7 +83,8 @@ def test_04_loss_and_metrics():
     notebook = execute(NOTEBOOKS / "04_loss_and_metrics.ipynb", {})
     text = text_of(notebook)
     assert text.count("All tests passed.") == 5
-    assert "dice (epsilon 1): 0.6" in text and "soft dice loss (epsilon 1): 0.4" in text
+    assert "dice (epsilon 1): 0.6000, soft dice loss (epsilon 1): 0.4000" in text
+    assert "sensitivity 0.50, specificity 0.50" in text
 
 
 @pytest.fixture(scope="module")

@@ -221,3 +221,13 @@ def test_killed_predict_leaves_no_partial_output(trained_run, tmp_path):
     for path in out.glob("*.nii.gz"):
         assert not path.name.startswith(".")
         np.asarray(nib.load(path).dataobj)  # every file under its final name is complete
+
+
+def test_time_limit_stops_between_epochs(tmp_path):
+    from tumorseg.train import TrainConfig, train
+
+    data = make_dataset(tmp_path / "data")
+    config = TrainConfig.load(tiny_config(data, tmp_path, epochs=50, steps_per_epoch=2,
+                                          time_limit_minutes=0.05))
+    history = train(config, tmp_path / "run", verbose=0)
+    assert 1 <= len(history) < 50

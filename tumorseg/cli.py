@@ -59,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise InputError("--data", "a data folder is needed for a new run")
         config = TrainConfig.from_preset(args.data, args.preset, epochs=args.epochs,
                                          steps_per_epoch=args.steps_per_epoch,
-                                         batch_size=args.batch_size, seed=args.seed)
+                                         batch_size=args.batch_size, seed=args.seed,
+                                         time_limit_minutes=args.time_limit)
     if config is not None and args.strategy:
         config.strategy = args.strategy
     strategy = make_strategy(args.strategy) if args.strategy else None
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true", help="continue the run in --out")
     fit.add_argument("--strategy", choices=("default", "mirrored", "multiworker"))
     fit.add_argument("--seed", type=int)
+    fit.add_argument("--time-limit", type=float, metavar="MINUTES",
+                     help="start no epoch that would end past this many minutes")
     fit.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="segment whole scans (NIfTI uint8 out)")

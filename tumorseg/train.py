@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class TrainConfig:
     tumour_share: float = 0.9
     augmentation: Augmentation = field(default_factory=Augmentation)
     early_stopping_patience: int = 8
+    time_limit_minutes: float | None = None  # no epoch starts that would end past this
     strategy: str = "default"
     seed: int = 0
     train_cases: list[str] = field(default_factory=list)
@@ -264,6 +266,14 @@ def evaluate_patches(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> di
             "val_dice": float(dice_coefficient(y, predictions, axis=BATCH_AXIS))}
 
 
+def out_of_time(config: TrainConfig, started: float, epoch_started: float) -> bool:
+    """Whether another epoch as long as the last would end past the run's time limit."""
+    if not config.time_limit_minutes:
+        return False
+    now = time.monotonic()
+    return (now - started) + (now - epoch_started) > config.time_limit_minutes * 60
+
+
 def prepare_run(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, dict | None]:
     """Check the run folder; write config.json for a new run, read it back to resume."""
     config_path = out / "config.json"
@@ -341,8 +351,10 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, str
         add_history=True, add_progbar=verbose > 0, model=model, verbose=verbose,
         epochs=config.epochs, steps=config.steps_per_epoch)
     model.stop_training = False
+    started = time.monotonic()
     callbacks.on_train_begin()
     for epoch in range(initial_epoch, config.epochs):
+        epoch_started = time.monotonic()
         callbacks.on_epoch_begin(epoch)
         losses, dices = [], []
         for batch in range(config.steps_per_epoch):
@@ -355,7 +367,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, str
         logs |= evaluate_patches(model, valid_x, valid_y, config.batch_size)
         logs["learning_rate"] = float(np.asarray(model.optimizer.learning_rate))
         callbacks.on_epoch_end(epoch, logs)
-        if model.stop_training:
+        if model.stop_training or out_of_time(config, started, epoch_started):
             break
     callbacks.on_train_end()
     return recorder.history
