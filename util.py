@@ -177,3 +177,72 @@ def visualize_patch(X: np.ndarray, y: np.ndarray, z: int | None = None):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",
+                held_out: str | Path = "data/synthetic-test") -> list[Path]:
+    """Regenerate the README's pictures with the project's own code (``make assets``).
+
+    The trained-model pictures (curves, prediction beside truth) need a run from ``make run``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tumorseg.figures import draw_unet, plot_case, plot_history
+    from tumorseg.patches import get_sub_volume, standardize
+    from tumorseg.synthetic import synthesize_case
+
+    folder, run = Path(folder), Path(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    image, label = synthesize_case(seed=0, index=2)
+    figures = {
+        "synthetic_case.png": plot_case(image, label, title="synthetic phantom case (seed 0, case 3)"),
+        "image_grid.png": plot_image_grid(image, label),
+        "unet.png": draw_unet(),
+    }
+    np.random.seed(0)
+    X, y = get_sub_volume(image, label)
+    figures["patch.png"] = visualize_patch(standardize(X), y)
+    written = []
+    for name, figure in figures.items():
+        figure.savefig(folder / name, dpi=80, bbox_inches="tight",
+                       facecolor=figure.get_facecolor())
+        plt.close(figure)
+        written.append(folder / name)
+    written.append(visualize_data_gif(image, label, folder / "case.gif", step=5))
+    viewer = SliceViewer(image, label)
+    (folder / "viewer.png").write_bytes(viewer.images["labels"].value)
+    written.append(folder / "viewer.png")
+    if (run / "model.keras").exists() and (run / "history.csv").exists():
+        import pandas as pd
+
+        from tumorseg.data import find_cases, load_case
+        from tumorseg.inference import predict_volume, to_label_map
+        from tumorseg.train import load_model, run_patch_shape
+
+        plot_history(pd.read_csv(run / "history.csv")).savefig(folder / "curves.png", dpi=80)
+        case = find_cases(held_out)[0]
+        test_image, truth = load_case(case)
+        prediction = to_label_map(predict_volume(load_model(run), test_image,
+                                                 patch_shape=run_patch_shape(run)))
+        compare = compare_viewer(test_image, truth, prediction)
+        from PIL import Image
+
+        panels = [Image.open(io.BytesIO(view.value)) for view in compare.images.values()]
+        joined = Image.new("RGB", (sum(p.width for p in panels) + 10, panels[0].height))
+        joined.paste(panels[0], (0, 0))
+        joined.paste(panels[1], (panels[0].width + 10, 0))
+        joined.save(folder / "prediction.png")
+        written += [folder / "curves.png", folder / "prediction.png"]
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["assets"]:
+        sys.exit("usage: python util.py assets")
+    for path in make_assets():
+        print(path)

@@ -67,6 +67,33 @@ def lab(tmp_path_factory):
     server.wait(timeout=30)
 
 
+def wait_for_idle_kernel(url: str, token: str, timeout: float = 180) -> None:
+    """Until the notebook's kernel has started and is idle (the REST API says so)."""
+    import json
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=5) as response:
+            kernels = json.load(response)
+        if kernels and all(k["execution_state"] == "idle" for k in kernels):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the notebook's kernel did not become idle")
+
+
+def run_all_cells(page, attempts: int = 3) -> None:
+    """Run > Run All Cells, again if no cell started (a click can land while Lab settles)."""
+    for _ in range(attempts):
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_selector(".jp-OutputArea-output", timeout=60_000)
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+    raise AssertionError("Run All Cells did not start the notebook")
+
+
 def picture(element) -> np.ndarray:
     from PIL import Image
 
@@ -92,10 +119,8 @@ def test_slice_viewer_in_jupyterlab(lab):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/lab/tree/01_data_exploration.ipynb?token={token}")
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                               timeout=120_000)
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        wait_for_idle_kernel(url, token)
+        run_all_cells(page)
         view = page.locator(".widget-image").first
         view.wait_for(state="visible", timeout=300_000)
         view.scroll_into_view_if_needed()

@@ -12,6 +12,24 @@ import sys
 from .errors import InputError
 
 
+def quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up messages silenced: they are written straight to
+    file descriptor 2 and would bury the one-line error a bad input deserves."""
+    import os
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data import find_cases
     from .synthetic import write_dataset
@@ -44,6 +62,7 @@ def cmd_patches(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    quiet_tensorflow()
     from pathlib import Path
 
     from .train import TrainConfig, make_strategy, train
@@ -82,6 +101,7 @@ def prediction_targets(cases, out) -> list:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    quiet_tensorflow()
     from tqdm.auto import tqdm
 
     from .data import find_cases, load_case, save_nifti

@@ -1,13 +1,9 @@
-"""Static figures drawn with matplotlib: sequences with label overlays, and the README's assets.
-
-Colours follow the seed: red edema, green non-enhancing tumour, blue enhancing tumour.
-``python -m tumorseg.figures assets`` regenerates ``assets/`` from the project's own code.
+"""Static figures drawn with matplotlib: sequences with label overlays, training curves and
+the U-Net diagram. Colours follow the seed: red edema, green non-enhancing tumour, blue
+enhancing tumour.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -139,28 +135,3 @@ def draw_unet(depth: int = 4, n_base_filters: int = 32, patch_shape=(160, 160, 1
             fontsize=8)
     figure.tight_layout()
     return figure
-
-
-def make_assets(folder: str | Path = "assets") -> list[Path]:
-    """Regenerate the README's pictures from a freshly synthesised phantom case."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .synthetic import synthesize_case
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    image, label = synthesize_case(seed=0, index=2)
-    fig = plot_case(image, label, title="synthetic phantom case (seed 0, case 3)")
-    fig.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False,
-               labelcolor="white", bbox_to_anchor=(0.5, -0.02))
-    path = folder / "synthetic_case.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight", facecolor="black")
-    return [path]
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["assets"]:
-        sys.exit("usage: python -m tumorseg.figures assets")
-    for written in make_assets():
-        print(written)

@@ -174,6 +174,8 @@ def _callbacks_cls():
             self.history = list(state["history"]) if state else []
             self.best = state["best_val_dice"] if state else -math.inf
             self.previous = state["checkpoint"] if state else None
+            self.seconds_before = state.get("training_seconds", 0.0) if state else 0.0
+            self.started = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch + 1} | {k: float(v) for k, v in (logs or {}).items()}
@@ -186,8 +188,9 @@ def _callbacks_cls():
                 self.best = row["val_dice"]
                 with atomic_path(self.out / "model.keras") as tmp:
                     self.model.save(tmp)
+            seconds = self.seconds_before + time.monotonic() - self.started
             state = {"epoch": epoch + 1, "checkpoint": checkpoint, "best_val_dice": self.best,
-                     "history": self.history}
+                     "training_seconds": seconds, "history": self.history}
             with atomic_path(self.out / "state.json") as tmp:
                 tmp.write_text(json.dumps(state, indent=2))
             if self.previous and self.previous != checkpoint:
@@ -351,7 +354,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, str
         add_history=True, add_progbar=verbose > 0, model=model, verbose=verbose,
         epochs=config.epochs, steps=config.steps_per_epoch)
     model.stop_training = False
-    started = time.monotonic()
+    started = time.monotonic() - (state.get("training_seconds", 0.0) if state else 0.0)
     callbacks.on_train_begin()
     for epoch in range(initial_epoch, config.epochs):
         epoch_started = time.monotonic()
