@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from . import bench_inference, bench_model, bench_patches  # noqa: E402
+from . import bench_inference, bench_model, bench_patches, bench_viewer
 
 BENCHMARKS = {
     "patches": (bench_patches.sampling, bench_patches.report_sampling),
     "input": (bench_patches.input_wait, bench_patches.report_input_wait),
     "flops": (bench_model.flops, bench_model.report_flops),
+    "viewer": (bench_viewer.viewer, bench_viewer.report_viewer),
     "inference": (bench_inference.inference, bench_inference.report_inference),
 }
 

@@ -79,17 +79,24 @@ def brats2023_dir(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
-def tumour_dataset(tmp_path):
-    """An MSD folder of three 48x40x24 cases with a tumour each."""
-    root = tmp_path / "data"
+def write_tumour_dataset(root: Path, shape=(48, 40, 24)) -> Path:
+    """An MSD folder of three cases of ``shape`` with a noisy brain (4 voxels in from the
+    sides, 2 from top and bottom) and a tumour: bright edema around an enhancing core."""
     rng = np.random.default_rng(0)
+    brain = (slice(4, shape[0] - 4), slice(4, shape[1] - 4), slice(2, shape[2] - 2))
     for i in range(3):
-        image = np.zeros((48, 40, 24, 4), np.float32)
-        image[4:44, 4:36, 2:22] = rng.normal(100, 10, (40, 32, 20, 4))
-        label = np.zeros((48, 40, 24), np.uint8)
+        image = np.zeros(shape + (4,), np.float32)
+        image[brain] = rng.normal(100, 10, image[brain].shape)
+        label = np.zeros(shape, np.uint8)
         label[10 + i:20 + i, 12:20, 8:14] = 1
         label[13 + i:17 + i, 14:18, 10:12] = 3
+        image[label == 1] += 40
         write_nifti(root / "imagesTr" / f"BRATS_00{i}.nii.gz", image)
         write_nifti(root / "labelsTr" / f"BRATS_00{i}.nii.gz", label)
     return root
+
+
+@pytest.fixture
+def tumour_dataset(tmp_path):
+    """An MSD folder of three 48x40x24 cases with a tumour each."""
+    return write_tumour_dataset(tmp_path / "data")

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import write_tumour_dataset
 from tumorseg.model import ModelConfig
 from tumorseg.train import TrainConfig, load_model
 
@@ -40,8 +41,6 @@ def tumorseg(*args, env=None, **kwargs):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A finished tiny run (and its data) shared by the tests below."""
-    from conftest import write_nifti  # noqa: F401  (the fixture data come from conftest)
-
     root = tmp_path_factory.mktemp("run")
     data = make_dataset(root / "data")
     config = tiny_config(data, root)
@@ -51,19 +50,7 @@ def trained_run(tmp_path_factory):
 
 
 def make_dataset(root):
-    from conftest import write_nifti
-
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        image = np.zeros((40, 36, 20, 4), np.float32)
-        image[4:36, 4:32, 2:18] = rng.normal(100, 10, (32, 28, 16, 4))
-        label = np.zeros((40, 36, 20), np.uint8)
-        label[10 + i:20 + i, 12:20, 6:12] = 1
-        label[13 + i:17 + i, 14:18, 8:10] = 3
-        image[label == 1] += 40
-        write_nifti(root / "imagesTr" / f"BRATS_00{i}.nii.gz", image)
-        write_nifti(root / "labelsTr" / f"BRATS_00{i}.nii.gz", label)
-    return root
+    return write_tumour_dataset(root, shape=(40, 36, 20))
 
 
 def test_run_folder_holds_everything(trained_run):
