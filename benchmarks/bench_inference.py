@@ -29,7 +29,7 @@ def window_voxels(image, model) -> int:
     net, patch = inference_model(model)
     box = brain_box(image)
     plans = [plan_axis(s.stop - s.start, size, 0.25, True, 8)
-             for s, size in zip(box, (patch[0], patch[1], 2 * patch[2]))]
+             for s, size in zip(box, patch)]
     return int(np.prod([size * len(starts) for size, starts in plans]))
 
 
@@ -88,7 +88,7 @@ def accuracy() -> dict:
     from tumorseg.inference import inference_model, predict_volume, seed_tiling_predict, to_label_map
     from tumorseg.metrics import case_metrics, metrics_table
     from tumorseg.synthetic import write_dataset
-    from tumorseg.train import TrainConfig, load_model, train
+    from tumorseg.train import TrainConfig, calibrate_threshold, load_model, run_threshold, train
 
     train_data, test_data, run = OUT / "train-data", OUT / "held-out", OUT / "accuracy-run"
     write_dataset(train_data, cases=24, seed=0, progress=False)
@@ -98,8 +98,13 @@ def accuracy() -> dict:
         train(config, run, verbose=0)
     state = json.loads((run / "state.json").read_text())
     training_minutes = state["training_seconds"] / 60
+    config = TrainConfig.load(run / "config.json")
+    patch = config.model.patch_shape
+    if run_threshold(run) is None:  # runs trained before calibration existed
+        valid = [c for c in find_cases(train_data) if c.id in config.valid_cases]
+        calibrate_threshold(run, valid, patch)
+    threshold = run_threshold(run)
     model = load_model(run)
-    patch = TrainConfig.load(run / "config.json").model.patch_shape
     free, _ = inference_model(model, patch_shape=patch)
     rows = {"sliding": {}, "sliding_tta": {}, "seed_tiling": {}}
     for case in find_cases(test_data):
@@ -109,9 +114,10 @@ def accuracy() -> dict:
                 ("sliding", lambda: predict_volume(model, image, patch_shape=patch)),
                 ("sliding_tta", lambda: predict_volume(model, image, tta=True, patch_shape=patch)),
                 ("seed_tiling", lambda: seed_tiling_predict(free, image))):
-            rows[name][case.id] = case_metrics(to_label_map(predict()), label, spacing)
+            rows[name][case.id] = case_metrics(to_label_map(predict(), threshold), label, spacing)
     means = {name: metrics_table(r).loc["mean"] for name, r in rows.items()}
     return {"training_minutes": training_minutes, "epochs": state["epoch"],
+            "threshold_calibrated_on_validation_cases": threshold,
             "held_out_cases": HELD_OUT,
             **{f"{name}_dice_{region}": float(mean[f"Dice {region}"])
                for name, mean in means.items() for region in ("WT", "TC", "ET")},

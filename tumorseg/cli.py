@@ -106,7 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     from .data import find_cases, load_case, save_nifti
     from .inference import predict_volume, to_label_map
-    from .train import load_model, run_patch_shape
+    from .train import load_model, run_patch_shape, run_threshold
 
     cases = find_cases(args.input)
     targets = prediction_targets(cases, args.out)
@@ -116,12 +116,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 raise InputError(target, "exists: pass --overwrite to replace it")
     model = load_model(args.model)
     patch_shape = run_patch_shape(args.model)
+    threshold = args.threshold or run_threshold(args.model) or 0.5
     for case, target in tqdm(list(zip(cases, targets)), desc="cases", unit="case", disable=None):
         image, _ = load_case(case)
         probabilities = predict_volume(model, image, overlap=args.overlap, tta=args.tta,
                                        precision=args.precision, patch_shape=patch_shape,
                                        batch_size=args.batch_size, progress=True)
-        save_nifti(to_label_map(probabilities, args.threshold), target, case.reference)
+        save_nifti(to_label_map(probabilities, threshold), target, case.reference)
         print(f"{case.id}: {target}", flush=True)
 
 
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output .nii.gz (one case) or folder")
     predict.add_argument("--overlap", type=float, default=0.25, help="window overlap (0.25)")
     predict.add_argument("--tta", action="store_true", help="average with the flipped scan")
-    predict.add_argument("--threshold", type=float, default=0.5)
+    predict.add_argument("--threshold", type=float,
+                         help="label-map threshold (default: the run's calibrated one, else 0.5)")
     predict.add_argument("--precision", choices=("float32", "bf16"), default="float32")
     predict.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -7,9 +7,8 @@ non-zero voxels is predicted; the zero background outside it is background.
 
 A U-Net built by :mod:`tumorseg.model` is fully convolutional, so whatever input size it was
 saved with, prediction runs its free-size twin (same weights): windows keep the training patch's
-size in x and y — stretched by up to a quarter to cover the brain in one window rather than two
-that mostly overlap — and span twice the patch's depth in z. Other models slide their fixed
-input size.
+size, stretched by up to a quarter along an axis to cover the brain in one window there rather
+than two that mostly overlap. Other models slide their fixed input size.
 """
 
 from __future__ import annotations
@@ -118,7 +117,7 @@ def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = 
     multiple = 2 ** (sum(l.name.startswith("pool") for l in net.layers)) if free else 1
     box = brain_box(image)
     crop = image[box]
-    base = (patch[0], patch[1], patch[2] * 2) if free else patch
+    base = patch
     plans = [plan_axis(length, size, overlap, free, multiple)
              for length, size in zip(crop.shape[:3], base)]
     window = tuple(size for size, _ in plans)
