@@ -34,10 +34,10 @@ def overlay(grey: np.ndarray, label: np.ndarray, opacity: float = 0.45) -> np.nd
     return np.where(mask, (1 - opacity) * rgb + opacity * colour, rgb)
 
 
-def best_slice(label: np.ndarray | None, axis: int = 2) -> int:
+def best_slice(label: np.ndarray, axis: int = 2) -> int:
     """Index along ``axis`` with the most tumour voxels (the middle when there is no tumour)."""
-    if label is None or not label.any():
-        return (label.shape[axis] if label is not None else 1) // 2
+    if not label.any():
+        return label.shape[axis] // 2
     other = tuple(a for a in range(3) if a != axis)
     return int(np.argmax((label > 0).sum(axis=other)))
 
@@ -50,7 +50,8 @@ def plot_case(image: np.ndarray, label: np.ndarray | None = None, z: int | None 
     """
     import matplotlib.pyplot as plt
 
-    z = best_slice(label) if z is None else z
+    if z is None:
+        z = best_slice(label) if label is not None else image.shape[2] // 2
     panels = len(CHANNELS) + (label is not None)
     fig, axes = plt.subplots(1, panels, figsize=(3 * panels, 3.3), facecolor="black")
     for channel, name in enumerate(CHANNELS):
