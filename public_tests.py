@@ -206,7 +206,7 @@ def _coordinate_volume(shape):
 
 def test_get_sub_volume(target):
     check = _Checker("get_sub_volume")
-    shape, out = (10, 9, 6), (4, 3, 2)
+    shape = (10, 9, 6)
     image = _coordinate_volume(shape)
     label = np.zeros(shape, np.uint8)
     label[5:9, 2:6, 1:4] = 1

@@ -74,7 +74,7 @@ def loss_returns_dice(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
 def sens_spec_precision(pred, label, class_num):
     p, l = pred[..., class_num], label[..., class_num]
     tp, fp = np.sum(p * l), np.sum(p * (1 - l))
-    tn, fn = np.sum((1 - p) * (1 - l)), np.sum((1 - p) * l)
+    tn = np.sum((1 - p) * (1 - l))
     return tp / (tp + fp), tn / (tn + fp)
 
 

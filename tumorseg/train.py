@@ -152,10 +152,15 @@ def load_model(path: str | os.PathLike, compile: bool = False):
         raise InputError(path, f"not a Keras model file ({message})") from None
 
 
+def run_folder(model_path: str | os.PathLike) -> Path:
+    """The run folder a --model argument names: the folder itself, or the one a .keras file is in."""
+    path = Path(model_path)
+    return path if path.is_dir() else path.parent
+
+
 def run_patch_shape(model_path: str | os.PathLike) -> tuple[int, int, int] | None:
     """The training patch shape of a run folder (or of the run a .keras file sits in), or None."""
-    path = Path(model_path)
-    config_path = (path if path.is_dir() else path.parent) / "config.json"
+    config_path = run_folder(model_path) / "config.json"
     if not config_path.exists():
         return None
     return TrainConfig.load(config_path).model.patch_shape
@@ -419,8 +424,7 @@ def calibrate_threshold(out: Path, valid_cases: list, patch_shape) -> float:
 
 def run_threshold(model_path: str | os.PathLike) -> float | None:
     """The label-map threshold calibrated for a run folder (or the run a .keras file sits in)."""
-    path = Path(model_path)
-    state_path = (path if path.is_dir() else path.parent) / "state.json"
+    state_path = run_folder(model_path) / "state.json"
     if not state_path.exists():
         return None
     return json.loads(state_path.read_text()).get("threshold")
