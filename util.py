@@ -219,14 +219,12 @@ def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",
         import pandas as pd
 
         from tumorseg.data import find_cases, load_case
-        from tumorseg.inference import predict_volume, to_label_map
-        from tumorseg.train import load_model, run_patch_shape, run_threshold
+        from tumorseg.inference import Predictor
 
         plot_history(pd.read_csv(run / "history.csv")).savefig(folder / "curves.png", dpi=80)
         case = find_cases(held_out)[0]
         test_image, truth = load_case(case)
-        probabilities = predict_volume(load_model(run), test_image, patch_shape=run_patch_shape(run))
-        prediction = to_label_map(probabilities, run_threshold(run) or 0.5)
+        prediction = Predictor.from_run(run).segment(test_image)
         compare = compare_viewer(test_image, truth, prediction)
         from PIL import Image
 

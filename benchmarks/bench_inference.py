@@ -85,35 +85,30 @@ def accuracy() -> dict:
     """Train the cpu preset for at most 15 minutes, predict held-out cases, evaluate; and the
     seed's tiling with the same trained model on the same cases."""
     from tumorseg.data import find_cases, load_case, voxel_spacing
-    from tumorseg.inference import inference_model, predict_volume, seed_tiling_predict, to_label_map
+    from tumorseg.inference import Predictor, seed_tiling_predict, to_label_map
     from tumorseg.metrics import case_metrics, metrics_table
     from tumorseg.synthetic import write_dataset
-    from tumorseg.train import TrainConfig, calibrate_threshold, load_model, run_threshold, train
+    from tumorseg.train import TrainConfig, resume, train
 
     train_data, test_data, run = OUT / "train-data", OUT / "held-out", OUT / "accuracy-run"
     write_dataset(train_data, cases=24, seed=0, progress=False)
     write_dataset(test_data, cases=HELD_OUT, seed=1, progress=False)
-    if not (run / "config.json").exists():  # a finished run is reused: delete it to retrain
-        config = TrainConfig.from_preset(str(train_data), "cpu", time_limit_minutes=15)
-        train(config, run, verbose=0)
-    state = json.loads((run / "state.json").read_text())
+    if (run / "config.json").exists():  # a finished run is reused: delete it to retrain
+        state = resume(run, verbose=0)
+    else:
+        state = train(TrainConfig.from_preset(str(train_data), time_limit_minutes=15), run,
+                      verbose=0)
     training_minutes = state["training_seconds"] / 60
-    config = TrainConfig.load(run / "config.json")
-    patch = config.model.patch_shape
-    if run_threshold(run) is None:  # runs trained before calibration existed
-        valid = [c for c in find_cases(train_data) if c.id in config.valid_cases]
-        calibrate_threshold(run, valid, patch)
-    threshold = run_threshold(run)
-    model = load_model(run)
-    free, _ = inference_model(model, patch_shape=patch)
+    predictor = Predictor.from_run(run)
+    threshold = predictor.threshold
     rows = {"sliding": {}, "sliding_tta": {}, "seed_tiling": {}}
     for case in find_cases(test_data):
         image, label = load_case(case)
         spacing = voxel_spacing(case)
         for name, predict in (
-                ("sliding", lambda: predict_volume(model, image, patch_shape=patch)),
-                ("sliding_tta", lambda: predict_volume(model, image, tta=True, patch_shape=patch)),
-                ("seed_tiling", lambda: seed_tiling_predict(free, image))):
+                ("sliding", lambda: predictor.predict(image)),
+                ("sliding_tta", lambda: predictor.predict(image, tta=True)),
+                ("seed_tiling", lambda: seed_tiling_predict(predictor.net(), image))):
             rows[name][case.id] = case_metrics(to_label_map(predict(), threshold), label, spacing)
     means = {name: metrics_table(r).loc["mean"] for name, r in rows.items()}
     return {"training_minutes": training_minutes, "epochs": state["epoch"],

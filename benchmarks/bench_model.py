@@ -28,7 +28,7 @@ def forward_rate(precision: str, repeat: int = 3) -> tuple[float, float]:
 
         config = replace(config, precision="mixed_bfloat16")
     model = build_model(config)
-    x = np.random.default_rng(0).standard_normal((1, 160, 160, 16, 4)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, *config.patch_shape, 4)).astype(np.float32)
     seconds = timed(lambda: model.predict_on_batch(x), repeat)
     return seconds, forward_flops(model) / seconds / 1e9
 

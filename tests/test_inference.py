@@ -6,9 +6,15 @@ import keras
 import numpy as np
 import pytest
 
-from tumorseg.inference import (config_from_model, gaussian_weights, plan_axis, predict_volume,
-                                seed_tiling_predict, to_label_map)
+from pathlib import Path
+
+from tumorseg.inference import (Predictor, config_from_model, gaussian_weights, plan_axis,
+                                predict_volume, seed_tiling_predict, sliding_window_inference,
+                                to_label_map, window_starts)
 from tumorseg.model import ModelConfig, build_model, unet_model_3d
+from tumorseg.patches import Augmentation, standardize
+
+GOLDEN = Path(__file__).parent / "data" / "golden_label_map.npz"
 
 
 def test_label_map_takes_the_most_probable_channel_above_threshold():
@@ -29,6 +35,16 @@ def test_window_plan_covers_the_axis():
     window, starts = plan_axis(155, 32, 0.25, stretch=True, multiple=8)
     assert window == 32 and starts[0] == 0 and starts[-1] == 155 - 32
     assert all(b - a <= 24 for a, b in zip(starts, starts[1:]))
+
+
+def test_window_starts_cover_the_axis_to_the_last_voxel():
+    assert window_starts(100, 40, 0.25) == [0, 30, 60]
+    assert window_starts(100, 40, 0.0) == [0, 40, 60]
+    assert window_starts(40, 40, 0.5) == [0] and window_starts(10, 40, 0.5) == [0]
+    assert window_starts(41, 40, 0.5) == [0, 1]
+    assert window_starts(10, 4, 0.9) == list(range(7))  # stride at least 1
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts(100, 40, 1.0)
 
 
 def test_gaussian_weights_peak_at_the_centre():
@@ -94,3 +110,114 @@ def test_seed_tiling_shape():
                               padded_shape=(32, 24, 12))
     assert out.shape == (24, 20, 10, 3)
     np.testing.assert_allclose(out, 0.6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- stitching and TTA
+
+
+def test_windows_land_where_they_were_cut():
+    """A predictor that returns its input plus one, on a volume whose every voxel differs: any
+    misplaced window changes the result."""
+    volume = np.arange(21 * 17 * 11, dtype=np.float32).reshape(21, 17, 11, 1)
+    for overlap, batch_size in ((0.0, 1), (0.5, 3), (0.75, 7)):
+        out = sliding_window_inference(volume, lambda w: w + 1, (8, 6, 4), overlap, batch_size)
+        np.testing.assert_allclose(out, volume + 1, rtol=0, atol=0.05)  # neighbours differ by 1+
+
+
+def test_overlapping_windows_are_averaged_with_gaussian_weights():
+    """A predictor whose output is one value per window (its first voxel): the result must be
+    the Gaussian-weighted average of the windows covering each voxel, computed here by hand."""
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(19, 14, 9, 1)).astype(np.float32)
+    window, overlap = (8, 6, 4), 0.5
+    out = sliding_window_inference(volume, lambda w: np.broadcast_to(w[:, :1, :1, :1], w.shape),
+                                   window, overlap, batch_size=2)
+    weights = gaussian_weights(window)
+    total, norm = np.zeros(volume.shape[:3]), np.zeros(volume.shape[:3])
+    for x in window_starts(19, 8, overlap):
+        for y in window_starts(14, 6, overlap):
+            for z in window_starts(9, 4, overlap):
+                box = (slice(x, x + 8), slice(y, y + 6), slice(z, z + 4))
+                total[box] += weights * volume[x, y, z, 0]
+                norm[box] += weights
+    np.testing.assert_allclose(out[..., 0], total / norm, rtol=1e-5)
+
+
+def test_tta_flips_back_what_it_flipped():
+    """A model whose output is not symmetric under the left-right flip: TTA must average the
+    prediction with the flipped-back prediction of the flipped scan."""
+    inputs = keras.Input((8, 8, 4, 4))
+    logits = keras.layers.Conv3D(3, 3, padding="same", kernel_initializer=keras.initializers
+                                 .RandomNormal(stddev=1.0, seed=3))(inputs)
+    model = keras.Model(inputs, keras.layers.Activation("sigmoid")(logits))
+    image = np.random.default_rng(1).normal(100, 20, (8, 8, 4, 4)).astype(np.float32)
+    x = standardize(image)[None]
+    plain = model.predict_on_batch(x)[0]
+    flipped_back = model.predict_on_batch(np.ascontiguousarray(x[:, ::-1]))[0][::-1]
+    assert np.abs(plain - flipped_back).max() > 0.1, "the model must not be flip-symmetric"
+    np.testing.assert_allclose(predict_volume(model, image, tta=True), (plain + flipped_back) / 2,
+                               atol=1e-5)
+    np.testing.assert_allclose(predict_volume(model, image), plain, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- golden
+
+
+def golden_model_and_scan():
+    """A tiny U-Net with fixed weights (drawn from numpy's generator, not Keras's) and a fixed
+    scan with a bright lesion."""
+    model = unet_model_3d(input_shape=(16, 16, 8, 4), n_base_filters=2, depth=3,
+                          normalization="batch")
+    rng = np.random.default_rng(2026)
+    weights = []
+    for variable in model.weights:
+        value = rng.normal(0, 0.4, variable.shape)
+        weights.append(np.abs(value) + 0.5 if "variance" in variable.path else value)
+    model.set_weights([w.astype(np.float32) for w in weights])
+    scan_rng = np.random.default_rng(7)
+    image = np.zeros((40, 36, 20, 4), np.float32)
+    image[4:36, 4:32, 2:18] = scan_rng.normal(100, 10, (32, 28, 16, 4))
+    image[12:22, 10:20, 6:12] += [60, -20, 40, 50]
+    return model, image
+
+
+def test_golden_label_map():
+    """A fixed-weight model and a fixed scan give the stored label map (regenerate it, after a
+    deliberate change, with ``python tests/test_inference.py``)."""
+    model, image = golden_model_and_scan()
+    label_map = to_label_map(predict_volume(model, image, overlap=0.5, tta=True))
+    expected = np.load(GOLDEN)["label_map"]
+    assert len(np.unique(expected)) >= 3, "the golden map should hold several labels"
+    mismatched = np.flatnonzero(label_map != expected)
+    assert mismatched.size == 0, f"{mismatched.size} voxels differ from the golden label map"
+
+
+def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
+    import json
+
+    model, image = golden_model_and_scan()
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    config = ModelConfig(patch_shape=(16, 16, 8), n_base_filters=2, depth=3, normalization="batch")
+    (run / "config.json").write_text(json.dumps({
+        "data": "x", "preset": "cpu", "model": config.to_dict(), "epochs": 1,
+        "steps_per_epoch": 1, "batch_size": 1, "learning_rate": 0.1,
+        "augmentation": Augmentation().to_dict()}))
+    predictor = Predictor.from_run(run)
+    assert predictor.note and "not calibrated" in predictor.note and predictor.threshold == 0.5
+    (run / "state.json").write_text(json.dumps({"epoch": 1, "threshold": 0.3}))
+    predictor = Predictor.from_run(run)
+    assert (predictor.config, predictor.patch_shape, predictor.threshold) == (config, (16, 16, 8), 0.3)
+    assert predictor.note is None and predictor.threshold_source == "calibrated"
+    probabilities = predict_volume(model, image)
+    np.testing.assert_allclose(predictor.predict(image), probabilities, atol=1e-6)
+    np.testing.assert_array_equal(predictor.segment(image), to_label_map(probabilities, 0.3))
+
+
+if __name__ == "__main__":
+    model, image = golden_model_and_scan()
+    label_map = to_label_map(predict_volume(model, image, overlap=0.5, tta=True))
+    GOLDEN.parent.mkdir(exist_ok=True)
+    np.savez_compressed(GOLDEN, label_map=label_map)
+    print(GOLDEN, np.unique(label_map, return_counts=True))

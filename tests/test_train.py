@@ -3,8 +3,10 @@ predict / evaluate commands on the trained model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import write_tumour_dataset
-from tumorseg.model import ModelConfig
-from tumorseg.train import TrainConfig, load_model
+from tumorseg.model import ModelConfig, load_model
+from tumorseg.train import TrainConfig
 
 TINY = ModelConfig(patch_shape=(16, 16, 8), n_base_filters=2, depth=3, normalization="batch")
 
@@ -64,7 +66,7 @@ def test_run_folder_holds_everything(trained_run):
     assert len(config.train_cases) == 2 and len(config.valid_cases) == 1
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].split(",")[:1] == ["epoch"] and len(history) == 4
-    model = load_model(run)
+    model = load_model(run / "model.keras")
     assert model.input_shape == (None, 16, 16, 8, 4)
 
 
@@ -216,5 +218,215 @@ def test_time_limit_stops_between_epochs(tmp_path):
     data = make_dataset(tmp_path / "data")
     config = TrainConfig.load(tiny_config(data, tmp_path, epochs=50, steps_per_epoch=2,
                                           time_limit_minutes=0.05))
-    history = train(config, tmp_path / "run", verbose=0)
-    assert 1 <= len(history) < 50
+    state = train(config, tmp_path / "run", verbose=0)
+    assert 1 <= len(state["history"]) < 50 and state["ended"] == "time limit"
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["ended"] == "time limit"
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def digests(run):
+    """SHA-256 of every file of a run folder that training or calibration writes."""
+    names = ["model.keras", "state.json", "history.csv", "config.json"]
+    names += sorted(p.name for p in run.glob("checkpoint-*.keras"))
+    return {name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in names}
+
+
+def copy_run(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def time_limited_run(tmp_path_factory):
+    """A run stopped by its time limit after its first epoch (as make run's 15 minutes do)."""
+    root = tmp_path_factory.mktemp("limited")
+    data = make_dataset(root / "data")
+    config = tiny_config(data, root, epochs=50, steps_per_epoch=2)
+    result = tumorseg("train", "--config", config, "--out", root / "run", "--time-limit", 0.001)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run", data
+
+
+def test_resume_of_a_run_ended_by_its_time_limit_changes_nothing(time_limited_run, tmp_path):
+    run, data = time_limited_run
+    state = json.loads((run / "state.json").read_text())
+    assert state["ended"] == "time limit" and state["epoch"] < 50 and "threshold" in state
+    before = digests(run)
+    for _ in range(2):  # make run twice in a row
+        result = tumorseg("train", "--out", run, "--resume")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "nothing to train" in result.stdout
+        assert digests(run) == before
+
+
+def test_resume_of_a_finished_run_changes_nothing(trained_run):
+    run, data = trained_run
+    before = digests(run)
+    result = tumorseg("train", "--out", run, "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "nothing to train" in result.stdout and digests(run) == before
+
+
+def test_resume_redoes_a_killed_calibration(trained_run, tmp_path):
+    run = copy_run(trained_run[0], tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    del state["threshold"], state["threshold_scores"]  # as a kill during calibration leaves it
+    (run / "state.json").write_text(json.dumps(state))
+    before = digests(run)
+    result = tumorseg("train", "--out", run, "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "calibrating" in result.stdout and "nothing to train" in result.stdout
+    after = json.loads((run / "state.json").read_text())
+    assert after["threshold"] in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+    assert after["history"] == state["history"]
+    assert {k: v for k, v in digests(run).items() if k != "state.json"} == \
+        {k: v for k, v in before.items() if k != "state.json"}
+
+
+def test_resume_with_epochs_extends_the_run(trained_run, tmp_path):
+    run = copy_run(trained_run[0], tmp_path)
+    result = tumorseg("train", "--out", run, "--resume", "--epochs", 4)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads((run / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
+    assert state["ended"] == "finished" and "threshold" in state
+    assert TrainConfig.load(run / "config.json").epochs == 4
+
+
+def test_resume_refuses_settings_it_cannot_honour(trained_run):
+    run, data = trained_run
+    before = digests(run)
+    for option, value in (("--batch-size", 3), ("--steps-per-epoch", 2), ("--seed", 1),
+                          ("--preset", "seed"), ("--epochs", 2)):
+        result = tumorseg("train", "--out", run, "--resume", option, value)
+        assert result.returncode == 2, (option, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and option in lines[0], (option, result.stderr)
+    assert digests(run) == before
+
+
+def test_config_run_honours_the_options_given_with_it(trained_run, tmp_path):
+    run, data = trained_run
+    config = tiny_config(data, tmp_path, epochs=1, steps_per_epoch=1)
+    result = tumorseg("train", "--config", config, "--out", tmp_path / "run", "--epochs", 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert TrainConfig.load(tmp_path / "run" / "config.json").epochs == 2
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
+
+
+def test_malformed_tf_config_is_one_line(trained_run, tmp_path):
+    run, data = trained_run
+    for value, words in (("{not json", "not valid JSON"), ('{"cluster": {}}', "worker"),
+                         ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", '
+                          '"index": 3}}', "index")):
+        env = dict(os.environ, TF_CONFIG=value)
+        result = tumorseg("train", "--data", data, "--out", tmp_path / "mw", "--strategy",
+                          "multiworker", env=env)
+        assert result.returncode == 2, (value, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tumorseg: error: TF_CONFIG: "), lines
+        assert words in lines[0]
+
+
+# ----------------------------------------------------------------------------- predict options
+
+
+def test_predict_refuses_bad_option_values(trained_run, tmp_path):
+    run, data = trained_run
+    image = data / "imagesTr" / "BRATS_000.nii.gz"
+    for option, value in (("--overlap", 1), ("--overlap", -0.1), ("--batch-size", 0),
+                          ("--threshold", 1), ("--threshold", -0.5), ("--threshold", "x"),
+                          ("--precision", "fp8")):
+        result = tumorseg("predict", "--model", run, "--input", image, "--out",
+                          tmp_path / "p.nii.gz", option, value)
+        assert result.returncode == 2, (option, value, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and option in lines[0], (option, value, result.stderr)
+    assert not (tmp_path / "p.nii.gz").exists()
+
+
+def foreign_model_file(path):
+    """A .keras file of a Keras model that is not a tumorseg U-Net."""
+    import keras
+
+    inputs = keras.Input((8, 8, 4, 4))
+    outputs = keras.layers.Conv3D(3, 1, activation="sigmoid")(inputs)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_bf16_for_a_foreign_model_is_refused(trained_run, tmp_path):
+    run, data = trained_run
+    model = foreign_model_file(tmp_path / "foreign.keras")
+    result = tumorseg("predict", "--model", model, "--input", data / "imagesTr" / "BRATS_000.nii.gz",
+                      "--out", tmp_path / "p.nii.gz", "--precision", "bf16")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--precision" in lines[0] and "foreign.keras" in lines[0]
+
+
+def test_threshold_zero_means_zero_and_provenance_is_written(trained_run, tmp_path):
+    run, data = trained_run
+    out = tmp_path / "pred"
+    result = tumorseg("predict", "--model", run, "--input", data, "--out", out, "--threshold", 0)
+    assert result.returncode == 0, result.stderr[-2000:]
+    label = np.asarray(nib.load(out / "BRATS_000.nii.gz").dataobj)
+    image = np.asarray(nib.load(data / "imagesTr" / "BRATS_000.nii.gz").dataobj)
+    brain = np.any(image != 0, axis=-1)
+    assert np.all(label[brain] > 0), "threshold 0: every voxel of the brain box has a label"
+    record = json.loads((out / "predict.json").read_text())
+    model_bytes = (run / "model.keras").read_bytes()
+    assert record["model"] == str((run / "model.keras").resolve())
+    assert record["model_sha256"] == hashlib.sha256(model_bytes).hexdigest()
+    assert record["threshold"] == 0 and record["threshold_source"] == "--threshold"
+    assert (record["overlap"], record["tta"], record["precision"]) == (0.25, False, "float32")
+    assert record["tumorseg_version"] and record["time"].endswith("+00:00")
+    assert [o["output"] for o in record["outputs"]] == [f"BRATS_00{i}.nii.gz" for i in range(3)]
+    assert record["outputs"][1]["inputs"] == [str((data / "imagesTr" / "BRATS_001.nii.gz").resolve())]
+
+
+def test_a_bare_keras_file_predicts_with_defaults_said_in_one_line(trained_run, tmp_path):
+    run, data = trained_run
+    bare = tmp_path / "alone" / "model.keras"
+    bare.parent.mkdir()
+    shutil.copy(run / "model.keras", bare)
+    out = tmp_path / "one.nii.gz"
+    result = tumorseg("predict", "--model", bare, "--input", data / "imagesTr" / "BRATS_000.nii.gz",
+                      "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("tumorseg:")]
+    assert len(notes) == 1 and "no run folder" in notes[0] and "threshold 0.5" in notes[0]
+    record = json.loads((tmp_path / "one.predict.json").read_text())
+    assert record["threshold"] == 0.5 and record["threshold_source"] == "default"
+    assert record["patch_shape"] == [16, 16, 8]
+
+
+def test_sigkill_while_a_prediction_is_written_leaves_no_partial_file(trained_run, tmp_path):
+    """Kill predict the moment its output file starts to be written: nothing may stand under the
+    final name but a complete file (a large, noisy scan makes the write take a while)."""
+    run, data = trained_run
+    shape = (240, 240, 120)
+    image = np.zeros(shape + (4,), np.float32)
+    image[20:220, 20:220, 10:110] = np.random.default_rng(0).normal(100, 30, (200, 200, 100, 4))
+    source = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.eye(4)), source)
+    out = tmp_path / "pred"
+    target = out / "big.nii.gz"
+    process = subprocess.Popen([sys.executable, "-m", "tumorseg", "predict", "--model", str(run),
+                                "--input", str(source), "--out", str(out), "--threshold", "0",
+                                "--batch-size", "64"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out.exists() and any(out.iterdir())):
+        assert process.poll() is None and time.time() < deadline, "predict ended before writing"
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = sorted(p.name for p in out.iterdir())
+    if target.exists():  # only a complete file may carry the final name
+        assert nib.load(target).shape == shape
+        np.asarray(nib.load(target).dataobj)  # decompresses to the end
+    assert written == [f".big.nii.gz.{process.pid}.tmp.nii.gz"], written  # killed mid-write

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .errors import InputError
+from .presets import DEFAULT_PRESET, PRECISIONS, SEED_PATCH_SHAPE
 
 
 def quiet_tensorflow() -> None:
@@ -61,69 +62,104 @@ def cmd_patches(args: argparse.Namespace) -> None:
           f"to {args.out} (config.json lists them)")
 
 
+RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # config.json holds
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     quiet_tensorflow()
     from pathlib import Path
 
-    from .train import TrainConfig, make_strategy, train
+    from .train import TrainConfig, make_strategy, resume, train
 
     out = Path(args.out)
-    if args.resume:
-        config = None
-    elif args.config:
-        config = TrainConfig.load(args.config)
-        config.data = args.data or config.data
-    else:
-        if not args.data:
-            raise InputError("--data", "a data folder is needed for a new run")
-        config = TrainConfig.from_preset(args.data, args.preset, epochs=args.epochs,
-                                         steps_per_epoch=args.steps_per_epoch,
-                                         batch_size=args.batch_size, seed=args.seed,
-                                         time_limit_minutes=args.time_limit)
-    if config is not None and args.strategy:
-        config.strategy = args.strategy
+    for name in RESUME_FIXED if args.resume else ():
+        if getattr(args, name) is not None:
+            option = "--" + name.replace("_", "-")
+            raise InputError(option, f"cannot change when resuming: {out / 'config.json'} "
+                                     "fixes it (start a new run to change it)")
     strategy = make_strategy(args.strategy) if args.strategy else None
-    history = train(config, out, resume=args.resume, strategy=strategy)
-    if history:
-        best = max(row["val_dice"] for row in history)
-        print(f"trained {len(history)} epochs; best validation Dice {best:.4f}; "
-              f"model: {out / 'model.keras'}")
+    if args.resume:
+        state = resume(out, epochs=args.epochs, time_limit_minutes=args.time_limit,
+                       data=args.data, strategy=strategy)
+    else:
+        settings = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+                    "batch_size": args.batch_size, "seed": args.seed,
+                    "time_limit_minutes": args.time_limit}
+        if args.config:
+            if args.preset:
+                raise InputError("--preset", f"{args.config} holds the run's settings: give "
+                                             "--preset or --config, not both")
+            config = TrainConfig.load(args.config)
+            config.data = args.data or config.data
+            for key, value in settings.items():
+                if value is not None:
+                    setattr(config, key, value)
+        elif not args.data:
+            raise InputError("--data", "a data folder is needed for a new run")
+        else:
+            config = TrainConfig.from_preset(args.data, args.preset or DEFAULT_PRESET, **settings)
+        if args.strategy:
+            config.strategy = args.strategy
+        state = train(config, out, strategy=strategy)
+    print(f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
+          f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
+          f"model: {out / 'model.keras'}")
 
 
-def prediction_targets(cases, out) -> list:
-    """Output path per case: a file when one case goes to a .nii/.nii.gz path, else a folder."""
+def prediction_targets(cases, out) -> tuple[list, "Path"]:
+    """Output path per case, and the provenance file beside them: one case to a .nii/.nii.gz
+    path gives that file and ``<name>.predict.json``; otherwise a folder with
+    ``<case id>.nii.gz`` per case and ``predict.json``."""
     from pathlib import Path
 
     out = Path(out)
     if len(cases) == 1 and out.name.endswith((".nii.gz", ".nii")):
-        return [out]
-    return [out / f"{case.id}.nii.gz" for case in cases]
+        stem = out.name.removesuffix(".gz").removesuffix(".nii")
+        return [out], out.with_name(f"{stem}.predict.json")
+    return [out / f"{case.id}.nii.gz" for case in cases], out / "predict.json"
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     quiet_tensorflow()
+    import json
+    from datetime import datetime, timezone
+
     from tqdm.auto import tqdm
 
-    from .data import find_cases, load_case, save_nifti
-    from .inference import predict_volume, to_label_map
-    from .train import load_model, run_patch_shape, run_threshold
+    from . import __version__
+    from .data import atomic_path, find_cases, load_case, save_nifti
+    from .inference import Predictor
 
     cases = find_cases(args.input)
-    targets = prediction_targets(cases, args.out)
+    targets, provenance = prediction_targets(cases, args.out)
     if not args.overwrite:
         for target in targets:
             if target.exists():
                 raise InputError(target, "exists: pass --overwrite to replace it")
-    model = load_model(args.model)
-    patch_shape = run_patch_shape(args.model)
-    threshold = args.threshold or run_threshold(args.model) or 0.5
+    predictor = Predictor.from_run(args.model)
+    if args.precision == "bf16" and predictor.config is None:
+        raise InputError("--precision", f"bf16 needs a tumorseg U-Net; {predictor.model_file} "
+                                        "is another model (use float32)")
+    if predictor.note:
+        print(f"tumorseg: {predictor.note}", file=sys.stderr)
+    threshold = predictor.threshold if args.threshold is None else args.threshold
+    record = {"model": str(predictor.model_file.resolve()), "model_sha256": predictor.model_sha256(),
+              "threshold": threshold, "threshold_source": "--threshold" if args.threshold
+              is not None else predictor.threshold_source, "overlap": args.overlap, "tta": args.tta, "precision": args.precision,
+              "batch_size": args.batch_size, "patch_shape": list(predictor.patch_shape),
+              "tumorseg_version": __version__, "outputs": []}
     for case, target in tqdm(list(zip(cases, targets)), desc="cases", unit="case", disable=None):
         image, _ = load_case(case)
-        probabilities = predict_volume(model, image, overlap=args.overlap, tta=args.tta,
-                                       precision=args.precision, patch_shape=patch_shape,
-                                       batch_size=args.batch_size, progress=True)
-        save_nifti(to_label_map(probabilities, threshold), target, case.reference)
+        label_map = predictor.segment(image, threshold, overlap=args.overlap, tta=args.tta,
+                                      precision=args.precision, batch_size=args.batch_size,
+                                      progress=True)
+        save_nifti(label_map, target, case.reference)
+        record["outputs"].append({"output": target.name,
+                                  "inputs": [str(path.resolve()) for path in case.images]})
         print(f"{case.id}: {target}", flush=True)
+    record["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with atomic_path(provenance) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -169,15 +205,49 @@ def format_metrics(table) -> str:
                 + summary.to_string())
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the option and what is wrong) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(kind, low=None, high=None, high_open=False, low_open=False):
+    """An argparse type: ``kind`` (int or float) within [low, high] (open where said)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: "
+                                             f"{text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            bounds = f"in {left}{low}, {high}{right}" if high is not None else (
+                f"{'above' if low_open else 'at least'} {low}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE = number(int, 1)
+SHARE = number(float, 0, 1, high_open=True)  # 0 <= x < 1
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tumorseg", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .presets import STRATEGIES, TRAINING_PRESETS
+
+    parser = Parser(prog="tumorseg", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=Parser)
 
     synth = commands.add_parser("synth", help="write the synthetic phantom dataset (MSD layout)")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--cases", type=int, default=24, help="number of cases (default 24)")
+    synth.add_argument("--cases", type=POSITIVE, default=24, help="number of cases (default 24)")
     synth.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    synth.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
+    synth.add_argument("--workers", type=POSITIVE, default=None, help="processes (default: cores)")
     synth.set_defaults(func=cmd_synth)
 
     info = commands.add_parser("info", help="validate every case and print a summary table")
@@ -187,37 +257,41 @@ def build_parser() -> argparse.ArgumentParser:
     cut = commands.add_parser("patches", help="export fixed patches to the seed's processed/ layout")
     cut.add_argument("--data", required=True, help="MSD Task01 or BraTS folder")
     cut.add_argument("--out", required=True, help="output folder (train/, valid/, config.json)")
-    cut.add_argument("--per-case", type=int, default=4, help="patches per case (default 4)")
-    cut.add_argument("--valid-fraction", type=float, default=0.2, help="share of cases (0.2)")
-    cut.add_argument("--patch", type=int, nargs=3, default=(160, 160, 16), metavar=("X", "Y", "Z"))
+    cut.add_argument("--per-case", type=POSITIVE, default=4, help="patches per case (default 4)")
+    cut.add_argument("--valid-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
+                     default=0.2, help="share of cases (0.2)")
+    cut.add_argument("--patch", type=POSITIVE, nargs=3, default=SEED_PATCH_SHAPE,
+                     metavar=("X", "Y", "Z"))
     cut.add_argument("--seed", type=int, default=0)
     cut.set_defaults(func=cmd_patches)
 
     fit = commands.add_parser("train", help="train a U-Net (a run folder with config, model, logs)")
     fit.add_argument("--data", help="MSD Task01 or BraTS folder with labels")
     fit.add_argument("--out", required=True, help="run folder")
-    fit.add_argument("--preset", choices=("cpu", "seed"), default="cpu")
+    fit.add_argument("--preset", choices=list(TRAINING_PRESETS),
+                     help=f"network and training settings (default {DEFAULT_PRESET})")
     fit.add_argument("--config", help="a run's config.json: re-create that run")
-    fit.add_argument("--epochs", type=int)
-    fit.add_argument("--steps-per-epoch", type=int)
-    fit.add_argument("--batch-size", type=int, help="patches per replica per step")
-    fit.add_argument("--resume", action="store_true", help="continue the run in --out")
-    fit.add_argument("--strategy", choices=("default", "mirrored", "multiworker"))
+    fit.add_argument("--epochs", type=POSITIVE, help="with --resume: extend the run to this many")
+    fit.add_argument("--steps-per-epoch", type=POSITIVE)
+    fit.add_argument("--batch-size", type=POSITIVE, help="patches per replica per step")
+    fit.add_argument("--resume", action="store_true",
+                     help="complete the run in --out (a finished run stays as it is)")
+    fit.add_argument("--strategy", choices=STRATEGIES)
     fit.add_argument("--seed", type=int)
-    fit.add_argument("--time-limit", type=float, metavar="MINUTES",
-                     help="start no epoch that would end past this many minutes")
+    fit.add_argument("--time-limit", type=number(float, 0, low_open=True), metavar="MINUTES",
+                     help="start no epoch that would end past this many minutes of training")
     fit.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="segment whole scans (NIfTI uint8 out)")
     predict.add_argument("--model", required=True, help="run folder or .keras file")
     predict.add_argument("--input", required=True, help="4-D NIfTI, BraTS case folder or dataset")
     predict.add_argument("--out", required=True, help="output .nii.gz (one case) or folder")
-    predict.add_argument("--overlap", type=float, default=0.25, help="window overlap (0.25)")
+    predict.add_argument("--overlap", type=SHARE, default=0.25, help="window overlap (0.25)")
     predict.add_argument("--tta", action="store_true", help="average with the flipped scan")
-    predict.add_argument("--threshold", type=float,
+    predict.add_argument("--threshold", type=SHARE,
                          help="label-map threshold (default: the run's calibrated one, else 0.5)")
-    predict.add_argument("--precision", choices=("float32", "bf16"), default="float32")
-    predict.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    predict.add_argument("--precision", choices=PRECISIONS, default="float32")
+    predict.add_argument("--batch-size", type=POSITIVE, default=1, help="windows per forward pass")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.set_defaults(func=cmd_predict)
 

@@ -29,7 +29,7 @@ import numpy as np
 from .errors import InputError
 
 CHANNELS = ("FLAIR", "T1", "T1gd", "T2")
-LABELS = {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
+LABELS = {0: "background", 1: "edema", 2: "non-enhancing tumour", 3: "enhancing tumour"}
 CLASS_NAMES = ("Edema", "Non-Enhancing Tumor", "Enhancing Tumor")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

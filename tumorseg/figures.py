@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data import CHANNELS
+from .presets import SEED_PATCH_SHAPE
 
 LABEL_COLOURS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
 
@@ -96,7 +97,7 @@ def plot_history(history):
     return figure
 
 
-def draw_unet(depth: int = 4, n_base_filters: int = 32, patch_shape=(160, 160, 16)):
+def draw_unet(depth: int = 4, n_base_filters: int = 32, patch_shape=SEED_PATCH_SHAPE):
     """A diagram of the U-Net: one box per convolution block with its filters and size,
     max-pooling down, up-sampling up, and the skip connections across."""
     from matplotlib.figure import Figure

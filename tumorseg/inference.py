@@ -1,4 +1,5 @@
-"""Whole-scan prediction by sliding windows over the brain's bounding box, and label maps.
+"""Whole-scan prediction by sliding windows over the brain's bounding box, label maps, and
+:class:`Predictor`, a trained run restored for prediction.
 
 The windows are standardised exactly as training patches are (each channel of each z-slice to
 mean 0, std 1, over the window), predicted in batches, weighted by a Gaussian that trusts window
@@ -13,26 +14,119 @@ than two that mostly overlap. Other models slide their fixed input size.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import replace
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .patches import brain_box, standardize
+from .presets import DEFAULT_THRESHOLD, PRECISIONS, SEED_PATCH_SHAPE, ModelConfig
 
 STRETCH = 1.25  # a window may grow this much to cover an axis in one piece (free-size models)
 
 
-def config_from_model(model):
-    """The :class:`~tumorseg.model.ModelConfig` of a U-Net built by :func:`unet_model_3d`, read
-    off its layers, or None for another model."""
+# ----------------------------------------------------------------------------- window plans
+
+
+def window_starts(length: int, window: int, overlap: float) -> list[int]:
+    """Start positions of sliding windows along one axis, covering it to the last voxel.
+
+    Args:
+        length: voxels along the axis.
+        window: window size along the axis.
+        overlap: share of a window its neighbour overlaps, 0 <= overlap < 1.
+
+    Returns:
+        Increasing starts from 0 to ``length - window`` (just ``[0]`` when the window covers the
+        axis), a stride of ``int(window * (1 - overlap))`` (at least 1) apart but for the last.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if length <= window:
+        return [0]
+    stride = max(1, int(window * (1 - overlap)))
+    return list(range(0, length - window, stride)) + [length - window]
+
+
+def plan_axis(length: int, window: int, overlap: float, stretch: bool, multiple: int):
+    """Window size and start positions along one axis of ``length`` voxels; with ``stretch`` the
+    window may grow (to a ``multiple``) by up to :data:`STRETCH` to cover the axis at once."""
+    if stretch and length <= window * STRETCH:
+        return max(multiple, math.ceil(length / multiple) * multiple), [0]
+    return window, window_starts(length, window, overlap)
+
+
+def gaussian_weights(window: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
+    """``(wx, wy, wz)`` float32 weights: a Gaussian of sigma window/8 per axis, max 1, min 1e-3."""
+    axes = [np.exp(-0.5 * ((np.arange(w) - (w - 1) / 2) / max(w * sigma_scale, 1e-6)) ** 2)
+            for w in window]
+    weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the inferer
+
+
+def sliding_window_inference(volume: np.ndarray, predictor: Callable[[np.ndarray], np.ndarray],
+                             window: tuple[int, int, int], overlap: float = 0.25,
+                             batch_size: int = 1, stretch: bool = False, multiple: int = 1,
+                             progress: bool = False) -> np.ndarray:
+    """Gaussian-weighted average of ``predictor`` over sliding windows of ``volume``.
+
+    Args:
+        volume: ``(X, Y, Z, C)``; zero-padded at the end where an axis is shorter than a window.
+        predictor: any callable mapping windows ``(B, wx, wy, wz, C)`` to ``(B, wx, wy, wz, K)``.
+        window: the window size; with ``stretch``, grown per axis as :func:`plan_axis` says.
+        overlap: share of a window its neighbours overlap (0 <= overlap < 1).
+        batch_size: windows per predictor call.
+
+    Returns:
+        float32 ``(X, Y, Z, K)``: at each voxel, the average of every window's output there,
+        weighted by :func:`gaussian_weights` of the window.
+    """
+    from tqdm.auto import tqdm
+
+    plans = [plan_axis(length, size, overlap, stretch, multiple)
+             for length, size in zip(volume.shape[:3], window)]
+    window = tuple(size for size, _ in plans)
+    padded_shape = tuple(max(w, s) for w, s in zip(window, volume.shape[:3]))
+    padded = np.zeros(padded_shape + volume.shape[3:], np.float32)
+    padded[:volume.shape[0], :volume.shape[1], :volume.shape[2]] = volume
+    weights = gaussian_weights(window)
+    total, norm = None, np.zeros(padded_shape, np.float32)
+    corners = [(x, y, z) for x in plans[0][1] for y in plans[1][1] for z in plans[2][1]]
+    bar = tqdm(total=len(corners), desc="predict", unit="window", disable=None if progress else True)
+    for first in range(0, len(corners), batch_size):
+        boxes = [tuple(slice(c, c + w) for c, w in zip(corner, window))
+                 for corner in corners[first:first + batch_size]]
+        outputs = np.asarray(predictor(np.stack([padded[b] for b in boxes])), np.float32)
+        if total is None:
+            total = np.zeros(padded_shape + outputs.shape[-1:], np.float32)
+        for box, output in zip(boxes, outputs):
+            total[box] += output * weights[..., None]
+            norm[box] += weights
+        bar.update(len(boxes))
+    bar.close()
+    average = total / np.maximum(norm, 1e-12)[..., None]
+    return average[:volume.shape[0], :volume.shape[1], :volume.shape[2]]
+
+
+# ----------------------------------------------------------------------------- Keras models
+
+
+def config_from_model(model) -> ModelConfig | None:
+    """The :class:`~tumorseg.presets.ModelConfig` of a U-Net built by :func:`unet_model_3d`, read
+    off its layers (for a bare ``.keras`` file; a run folder's config.json says it), or None
+    for another model."""
     import keras
 
-    from .model import ModelConfig
-
-    if model.name != "unet3d" or "down0a_conv" not in [layer.name for layer in model.layers]:
-        return None
     names = [layer.name for layer in model.layers]
+    if model.name != "unet3d" or "down0a_conv" not in names:
+        return None
     norm = ("batch" if any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
             else "instance" if any(isinstance(l, keras.layers.GroupNormalization)
                                    for l in model.layers) else None)
@@ -49,44 +143,62 @@ def config_from_model(model):
     )
 
 
-def inference_model(model, precision: str = "float32", patch_shape=None):
-    """The model to predict with, and its training patch shape.
+def inference_model(model, precision: str = "float32", patch_shape=None,
+                    config: ModelConfig | None = None):
+    """The model to predict with and its window: ``(net, patch_shape)``.
 
-    Our U-Nets become their free-size twin (same weights), in ``precision`` ("float32" or
-    "bf16"). Other models are returned as they are (``precision`` must then be float32).
+    A U-Net (``config``, or read off ``model``) becomes its free-size twin with the same
+    weights, in ``precision`` ("float32" or "bf16"), sliding ``patch_shape`` windows (default:
+    its training patch). Another model is returned as it is, sliding its own input size; it
+    must be float32.
     """
     from .model import build_model
 
-    config = config_from_model(model)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    config = config or config_from_model(model)
     if config is None:
         if precision != "float32":
             raise ValueError("bf16 prediction needs a tumorseg U-Net")
         return model, tuple(model.input_shape[1:4])
-    policy = "mixed_bfloat16" if precision in ("bf16", "mixed_bfloat16") else "float32"
     if patch_shape is None:
-        patch_shape = config.patch_shape if None not in config.patch_shape else (160, 160, 16)
+        patch_shape = config.patch_shape if None not in config.patch_shape else SEED_PATCH_SHAPE
+    policy = "mixed_bfloat16" if precision == "bf16" else "float32"
     twin = build_model(replace(config, precision=policy), fixed_size=False)
     twin.set_weights(model.get_weights())
     return twin, tuple(patch_shape)
 
 
-def plan_axis(length: int, window: int, overlap: float, stretch: bool, multiple: int):
-    """Window size and start positions along one axis of ``length`` voxels."""
-    if stretch and length <= window * STRETCH:
-        return max(multiple, math.ceil(length / multiple) * multiple), [0]
-    if length <= window:
-        return window, [0]
-    stride = max(1, int(window * (1 - overlap)))
-    starts = list(range(0, length - window, stride)) + [length - window]
-    return window, starts
+def keras_predictor(net, tta: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """``windows (B, wx, wy, wz, 4) -> (B, wx, wy, wz, 3)``: each window standardised as in
+    training, then predicted; with ``tta`` also left-right flipped, flipped back and averaged."""
+    def predict(windows: np.ndarray) -> np.ndarray:
+        batch = np.stack([standardize(w) for w in windows])
+        out = np.asarray(net.predict_on_batch(batch), np.float32)
+        if tta:
+            flipped = np.asarray(net.predict_on_batch(np.ascontiguousarray(batch[:, ::-1])),
+                                 np.float32)
+            out = (out + flipped[:, ::-1]) / 2
+        return out
+
+    return predict
 
 
-def gaussian_weights(window: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
-    """``(wx, wy, wz)`` float32 weights: a Gaussian of sigma window/8 per axis, max 1, min 1e-3."""
-    axes = [np.exp(-0.5 * ((np.arange(w) - (w - 1) / 2) / max(w * sigma_scale, 1e-6)) ** 2)
-            for w in window]
-    weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
+def _slide(net, patch_shape, image: np.ndarray, overlap: float, tta: bool, batch_size: int,
+           progress: bool) -> np.ndarray:
+    """Probabilities of ``net`` over the brain box of ``image``, zero outside it."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    image = np.asarray(image, dtype=np.float32)
+    free = net.input_shape[1] is None
+    multiple = 2 ** sum(layer.name.startswith("pool") for layer in net.layers) if free else 1
+    box = brain_box(image)
+    inside = sliding_window_inference(image[box], keras_predictor(net, tta), patch_shape,
+                                      overlap, batch_size, stretch=free, multiple=multiple,
+                                      progress=progress)
+    result = np.zeros(image.shape[:3] + inside.shape[-1:], np.float32)
+    result[box] = inside
+    return result
 
 
 def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = False,
@@ -107,52 +219,13 @@ def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = 
         float32 ``(X, Y, Z, 3)`` sigmoid probabilities (edema, non-enhancing, enhancing); zero
         outside the brain's bounding box.
     """
-    from tqdm.auto import tqdm
-
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    image = np.asarray(image, dtype=np.float32)
     net, patch = inference_model(model, precision, patch_shape)
-    free = net.input_shape[1] is None
-    multiple = 2 ** (sum(l.name.startswith("pool") for l in net.layers)) if free else 1
-    box = brain_box(image)
-    crop = image[box]
-    base = patch
-    plans = [plan_axis(length, size, overlap, free, multiple)
-             for length, size in zip(crop.shape[:3], base)]
-    window = tuple(size for size, _ in plans)
-    padded = np.zeros(tuple(max(w, s) for w, s in zip(window, crop.shape[:3])) + (crop.shape[3],),
-                      np.float32)
-    padded[:crop.shape[0], :crop.shape[1], :crop.shape[2]] = crop
-    weights = gaussian_weights(window)
-    total = np.zeros(padded.shape[:3] + (net.output_shape[-1],), np.float32)
-    norm = np.zeros(padded.shape[:3], np.float32)
-    corners = [(x, y, z) for x in plans[0][1] for y in plans[1][1] for z in plans[2][1]]
-    flips = [False, True] if tta else [False]
-    bar = tqdm(total=len(corners) * len(flips), desc="predict", unit="window",
-               disable=None if progress else True)
-    for start in range(0, len(corners), batch_size):
-        chunk = corners[start:start + batch_size]
-        boxes = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in chunk]
-        batch = np.stack([standardize(padded[b]) for b in boxes])
-        probabilities = np.zeros(batch.shape[:4] + (net.output_shape[-1],), np.float32)
-        for flip in flips:
-            inputs = batch[:, ::-1] if flip else batch
-            out = np.asarray(net.predict_on_batch(np.ascontiguousarray(inputs)), np.float32)
-            probabilities += out[:, ::-1] if flip else out
-            bar.update(len(chunk))
-        probabilities /= len(flips)
-        for b, p in zip(boxes, probabilities):
-            total[b] += p * weights[..., None]
-            norm[b] += weights
-    bar.close()
-    result = np.zeros(image.shape[:3] + (total.shape[-1],), np.float32)
-    result[box] = (total / np.maximum(norm, 1e-12)[..., None])[:crop.shape[0], :crop.shape[1],
-                                                               :crop.shape[2]]
-    return result
+    return _slide(net, patch, image, overlap, tta, batch_size, progress)
 
 
-def to_label_map(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def to_label_map(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """uint8 ``(x, y, z)`` label map from ``(x, y, z, 3)`` probabilities: each voxel takes the
     channel of highest probability among those above ``threshold`` (1 edema, 2 non-enhancing,
     3 enhancing); none above it means background 0."""
@@ -161,10 +234,13 @@ def to_label_map(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarra
     return np.where(probabilities.max(axis=-1) > threshold, best, 0).astype(np.uint8)
 
 
-def seed_tiling_predict(model, image: np.ndarray, window=(160, 160, 16),
+def seed_tiling_predict(model, image: np.ndarray, window=SEED_PATCH_SHAPE,
                         padded_shape=(320, 320, 160)) -> np.ndarray:
     """The seed's whole-scan prediction: the scan zero-padded to ``padded_shape`` and cut into
-    non-overlapping ``window`` tiles, each standardised and predicted alone (for comparison)."""
+    non-overlapping ``window`` tiles, each predicted alone (for comparison).
+
+    The seed fed its tiles unstandardised; a model trained on standardised patches needs them
+    standardised, so each tile is standardised here (and an all-zero tile stays zero)."""
     padded = np.zeros(tuple(padded_shape) + (image.shape[-1],), np.float32)
     padded[:image.shape[0], :image.shape[1], :image.shape[2]] = image
     result = np.zeros(tuple(padded_shape) + (model.output_shape[-1],), np.float32)
@@ -175,3 +251,89 @@ def seed_tiling_predict(model, image: np.ndarray, window=(160, 160, 16),
                 tile = standardize(padded[box])[None]
                 result[box] = np.asarray(model.predict_on_batch(tile))[0]
     return result[:image.shape[0], :image.shape[1], :image.shape[2]]
+
+
+# ----------------------------------------------------------------------------- a trained run
+
+
+@dataclass
+class Predictor:
+    """A trained model restored for prediction: the model, its architecture, the patch shape it
+    was trained on and its label-map threshold (nnU-Net's "initialise from a trained model
+    folder").
+
+    Make one with :meth:`from_run`; ``note`` says which defaults stood in for a run folder's
+    settings (None when the run folder gave them all).
+    """
+
+    model: object
+    model_file: Path
+    config: ModelConfig | None  # None: not a tumorseg U-Net
+    patch_shape: tuple[int, int, int]
+    threshold: float
+    threshold_source: str  # "calibrated" (on the run's validation scans) or "default"
+    note: str | None = None
+    _nets: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike) -> "Predictor":
+        """Restore a run folder (its best ``model.keras``), or a ``.keras`` file: inside a run
+        folder it takes that run's settings; alone, the model's own input size and threshold
+        0.5. Reads ``config.json`` (architecture, patch shape) and ``state.json`` (calibrated
+        threshold); loads the model in safe mode."""
+        from .model import load_model
+        from .train import TrainConfig, read_state
+
+        path = Path(path)
+        model_file = path / "model.keras" if path.is_dir() else path
+        model = load_model(model_file)
+        run = model_file.parent
+        if (run / "config.json").exists():
+            config = TrainConfig.load(run / "config.json").model
+            threshold = (read_state(run) or {}).get("threshold")
+            note = None if threshold is not None else (
+                f"{run}: the run's threshold is not calibrated yet (tumorseg train --out {run} "
+                f"--resume calibrates it); using {DEFAULT_THRESHOLD}")
+            if threshold is None:
+                return cls(model, model_file, config, config.patch_shape, DEFAULT_THRESHOLD,
+                           "default", note)
+            return cls(model, model_file, config, config.patch_shape, threshold, "calibrated")
+        config = config_from_model(model)
+        patch = tuple(model.input_shape[1:4])
+        if None in patch:
+            patch = SEED_PATCH_SHAPE
+        note = (f"{model_file}: no run folder (config.json) beside it; using windows of "
+                f"{'x'.join(map(str, patch))} and threshold {DEFAULT_THRESHOLD}")
+        return cls(model, model_file, config, patch, DEFAULT_THRESHOLD, "default", note)
+
+    def predict(self, image: np.ndarray, overlap: float = 0.25, tta: bool = False,
+                batch_size: int = 1, precision: str = "float32",
+                progress: bool = False) -> np.ndarray:
+        """``(X, Y, Z, 4)`` scan -> float32 ``(X, Y, Z, 3)`` probabilities; options as in
+        :func:`predict_volume`."""
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        return _slide(self.net(precision), self.patch_shape, image, overlap, tta, batch_size,
+                      progress)
+
+    def net(self, precision: str = "float32"):
+        """The network that predicts: a U-Net's free-size twin in ``precision`` (made once),
+        or the model itself."""
+        if precision not in self._nets:
+            self._nets[precision] = inference_model(self.model, precision, self.patch_shape,
+                                                    self.config)[0]
+        return self._nets[precision]
+
+    def segment(self, image: np.ndarray, threshold: float | None = None, **options) -> np.ndarray:
+        """``(X, Y, Z, 4)`` scan -> uint8 ``(X, Y, Z)`` label map at ``threshold`` (default: the
+        run's); ``options`` go to :meth:`predict`."""
+        return to_label_map(self.predict(image, **options),
+                            self.threshold if threshold is None else threshold)
+
+    def model_sha256(self) -> str:
+        """SHA-256 of the model file, for provenance."""
+        digest = hashlib.sha256()
+        with open(self.model_file, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()

@@ -11,44 +11,17 @@ With the defaults this is the seed's model: input (160, 160, 16, 4), 16,318,307 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import os
+from pathlib import Path
 
 import keras
 from keras import layers
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that defines a network; saved with every run (``config.json``)."""
-
-    patch_shape: tuple[int, int, int] = (160, 160, 16)
-    n_channels: int = 4
-    n_labels: int = 3
-    depth: int = 4
-    n_base_filters: int = 32
-    normalization: str | None = None  # None, "batch" or "instance"
-    deconvolution: bool = False
-    precision: str = "float32"  # or "mixed_bfloat16"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        values = dict(values)
-        values["patch_shape"] = tuple(values["patch_shape"])
-        return cls(**values)
+from .errors import InputError
+from .presets import PRESETS, SEED_PATCH_SHAPE, ModelConfig  # noqa: F401 (re-exported)
 
 
-PRESETS = {
-    # The seed's exact network, for a GPU.
-    "seed": ModelConfig(),
-    # Small enough for two CPU cores: fewer filters and a smaller patch; same architecture.
-    "cpu": ModelConfig(patch_shape=(64, 64, 32), n_base_filters=8, normalization="batch"),
-}
-
-
-def unet_model_3d(input_shape=(160, 160, 16, 4), n_labels=3, depth=4, n_base_filters=32,
+def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_base_filters=32,
                   pool_size=(2, 2, 2), deconvolution=False, normalization=None,
                   activation_name="sigmoid", dtype_policy=None) -> keras.Model:
     """Build the seed's 3-D U-Net.
@@ -131,3 +104,21 @@ def forward_flops(model: keras.Model) -> float:
             taps = 1 if isinstance(layer, layers.Conv3DTranspose) else kx * ky * kz
             total += 2.0 * out_voxels * taps * math.prod(channels)
     return total
+
+
+def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
+    """A Keras model from a ``.keras`` file, in safe mode (no arbitrary code runs).
+
+    Bad files raise :class:`~tumorseg.errors.InputError` naming the file.
+    """
+    from .metrics import batch_dice, batch_dice_loss
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file" if not path.exists() else "not a .keras file")
+    try:
+        return keras.models.load_model(path, compile=compile, safe_mode=True, custom_objects={
+            "batch_dice_loss": batch_dice_loss, "batch_dice": batch_dice})
+    except Exception as error:  # zip, h5 and deserialisation errors of a foreign file
+        message = " ".join(str(error).split())[:150]
+        raise InputError(path, f"not a Keras model file ({message})") from None

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .presets import SEED_PATCH_SHAPE
+
 FAST_TRIES = 16  # random draws before the exact search
+TUMOUR_SHARE = 0.6  # training patches near tumour; the rest random: healthy tissue must be seen
 
 
 # ----------------------------------------------------------------------------- the seed's functions
@@ -254,7 +257,8 @@ class PatchSampler:
     standardised (per channel and z-slice) and augmented.
     """
 
-    def __init__(self, cases: list[CachedCase], patch_shape=(160, 160, 16), tumour_share=0.9,
+    def __init__(self, cases: list[CachedCase], patch_shape=SEED_PATCH_SHAPE,
+                 tumour_share=TUMOUR_SHARE,
                  augmentation: Augmentation = Augmentation(), seed: int = 0, num_classes: int = 4):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
@@ -315,7 +319,7 @@ def training_dataset(sampler: PatchSampler, batch_size: int, start: int = 0,
 
 
 def export_patches(data_dir, out_dir, patches_per_case: int = 4, valid_fraction: float = 0.2,
-                   patch_shape=(160, 160, 16), background_threshold: float = 0.95, seed: int = 0,
+                   patch_shape=SEED_PATCH_SHAPE, background_threshold: float = 0.95, seed: int = 0,
                    progress: bool = True) -> dict:
     """Cut fixed, standardised patches into the seed's ``processed/`` layout.
 
@@ -374,7 +378,7 @@ def _volume_data_generator_class():
         """The seed's generator as a Keras dataset: batches ``X (B, x, y, z, C)`` and
         ``y (B, x, y, z, classes)`` read from the HDF5 patches named in ``sample_list``."""
 
-        def __init__(self, sample_list, base_dir, batch_size=1, shuffle=True, dim=(160, 160, 16),
+        def __init__(self, sample_list, base_dir, batch_size=1, shuffle=True, dim=SEED_PATCH_SHAPE,
                      num_channels=4, num_classes=3, seed=0, **kwargs):
             super().__init__(**kwargs)
             self.sample_list, self.base_dir = list(sample_list), Path(base_dir)

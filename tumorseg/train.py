@@ -27,33 +27,34 @@ import numpy as np
 
 from .data import atomic_path, find_cases
 from .errors import InputError
-from .model import PRESETS, ModelConfig
-from .patches import NO_AUGMENTATION, Augmentation, PatchSampler, cache_case, training_dataset
+from .model import load_model
+from .patches import (NO_AUGMENTATION, TUMOUR_SHARE, Augmentation, PatchSampler, cache_case,
+                      training_dataset)
+from .presets import DEFAULT_PRESET, PRESETS, STRATEGIES, TRAINING_PRESETS, ModelConfig
 
-TRAINING_PRESETS = {
-    # Two CPU cores: ~1.1 s per step of 4 patches of 64x64x32; ~13 minutes in all.
-    "cpu": dict(epochs=28, steps_per_epoch=25, batch_size=4, learning_rate=2e-3),
-    # The seed's full model and patches, for a GPU: batches of 3 patches, 20 steps an epoch.
-    "seed": dict(epochs=100, steps_per_epoch=20, batch_size=3, learning_rate=1e-4),
-}
-STRATEGIES = ("default", "mirrored", "multiworker")
+# Why a run ended, as state.json records it (None while it is still to be continued).
+FINISHED, EARLY_STOP, TIME_LIMIT = "finished", "early stop", "time limit"
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run; ``config.json`` holds exactly this (plus the split)."""
+    """Every setting of a run; ``config.json`` holds exactly this (plus the split).
+
+    Make one with :meth:`from_preset`: the network and the training settings come from a preset
+    (:mod:`tumorseg.presets`), the rest from the defaults below.
+    """
 
     data: str
-    preset: str = "cpu"
-    model: ModelConfig = field(default_factory=lambda: PRESETS["cpu"])
-    epochs: int = 28
-    steps_per_epoch: int = 25
-    batch_size: int = 4  # per replica
-    learning_rate: float = 2e-3
+    preset: str
+    model: ModelConfig
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int  # per replica
+    learning_rate: float
     final_learning_rate_fraction: float = 0.05  # cosine schedule down to this share
     valid_fraction: float = 0.2
     validation_patches: int = 16
-    tumour_share: float = 0.6  # the rest are random windows: healthy tissue must be seen too
+    tumour_share: float = TUMOUR_SHARE
     augmentation: Augmentation = field(default_factory=Augmentation)
     early_stopping_patience: int = 8
     time_limit_minutes: float | None = None  # no epoch starts that would end past this
@@ -63,7 +64,8 @@ class TrainConfig:
     valid_cases: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_preset(cls, data: str, preset: str = "cpu", **overrides) -> "TrainConfig":
+    def from_preset(cls, data: str, preset: str = DEFAULT_PRESET, **overrides) -> "TrainConfig":
+        """The run of ``preset`` on ``data``; ``overrides`` that are not None replace settings."""
         if preset not in TRAINING_PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {list(TRAINING_PRESETS)}")
         settings = TRAINING_PRESETS[preset] | {k: v for k, v in overrides.items() if v is not None}
@@ -114,73 +116,64 @@ def make_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise InputError("TF_CONFIG", "multiworker training needs the TF_CONFIG variable")
+        check_tf_config(os.environ.get("TF_CONFIG"))
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
+
+
+def check_tf_config(text: str | None) -> None:
+    """Refuse a missing or malformed TF_CONFIG with one line (TensorFlow would give a traceback)."""
+    if not text:
+        raise InputError("TF_CONFIG", "multiworker training needs the TF_CONFIG variable")
+    try:
+        spec = json.loads(text)
+    except ValueError as error:
+        raise InputError("TF_CONFIG", f"not valid JSON ({error})") from None
+    workers = spec.get("cluster", {}).get("worker") if isinstance(spec, dict) else None
+    task = spec.get("task") if isinstance(spec, dict) else None
+    if not isinstance(workers, list) or not workers or not all(
+            isinstance(w, str) and w.rpartition(":")[2].isdigit() for w in workers):
+        raise InputError("TF_CONFIG", 'needs "cluster": {"worker": ["host:port", ...]}')
+    if (not isinstance(task, dict) or task.get("type") != "worker"
+            or not isinstance(task.get("index"), int) or not 0 <= task["index"] < len(workers)):
+        raise InputError("TF_CONFIG", f'needs "task": {{"type": "worker", "index": 0..'
+                                      f'{len(workers) - 1}}}')
 
 
 # ----------------------------------------------------------------------------- run folder state
 
 
 def read_state(out: Path) -> dict | None:
-    """The last complete epoch's state, or None before the first."""
-    path = out / "state.json"
+    """The run's state (last complete epoch, why it ended, threshold), or None before the first
+    epoch ends."""
+    path = Path(out) / "state.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def custom_objects() -> dict:
-    from .metrics import batch_dice, batch_dice_loss
-
-    return {"batch_dice_loss": batch_dice_loss, "batch_dice": batch_dice}
-
-
-def load_model(path: str | os.PathLike, compile: bool = False):
-    """A Keras model from a .keras file or a run folder (its best ``model.keras``), in safe mode."""
-    import keras
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.exists():
-        raise InputError(path, "no such file")
-    try:
-        return keras.models.load_model(path, custom_objects=custom_objects(), compile=compile,
-                                       safe_mode=True)
-    except Exception as error:  # zip, h5 and deserialisation errors of a foreign file
-        message = " ".join(str(error).split())[:150]
-        raise InputError(path, f"not a Keras model file ({message})") from None
-
-
-def run_folder(model_path: str | os.PathLike) -> Path:
-    """The run folder a --model argument names: the folder itself, or the one a .keras file is in."""
-    path = Path(model_path)
-    return path if path.is_dir() else path.parent
-
-
-def run_patch_shape(model_path: str | os.PathLike) -> tuple[int, int, int] | None:
-    """The training patch shape of a run folder (or of the run a .keras file sits in), or None."""
-    config_path = run_folder(model_path) / "config.json"
-    if not config_path.exists():
-        return None
-    return TrainConfig.load(config_path).model.patch_shape
+def write_state(out: Path, state: dict) -> None:
+    """state.json, atomically: the run's commit point."""
+    with atomic_path(Path(out) / "state.json") as tmp:
+        tmp.write_text(json.dumps(state, indent=2))
 
 
 def _callbacks_cls():
     import keras
 
     class RunRecorder(keras.callbacks.Callback):
-        """After every epoch: the checkpoint, then state.json (the commit point), the best model,
-        history.csv and the curves, all written atomically."""
+        """After every epoch: the checkpoint, then state.json (the commit point, with why the run
+        ended if it did), the best model, history.csv and the curves, all written atomically.
+        It stops training at the run's time limit."""
 
-        def __init__(self, out: Path, state: dict | None):
+        def __init__(self, out: Path, config: TrainConfig, state: dict | None):
             super().__init__()
-            self.out = out
-            self.history = list(state["history"]) if state else []
-            self.best = state["best_val_dice"] if state else -math.inf
-            self.previous = state["checkpoint"] if state else None
-            self.seconds_before = state.get("training_seconds", 0.0) if state else 0.0
-            self.started = time.monotonic()
+            self.out, self.config = out, config
+            self.state = dict(state or {"history": [], "best_val_dice": -math.inf,
+                                        "training_seconds": 0.0})
+            self.history = list(self.state["history"])
+            self.started = time.monotonic() - self.state["training_seconds"]
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch + 1} | {k: float(v) for k, v in (logs or {}).items()}
@@ -188,20 +181,29 @@ def _callbacks_cls():
             checkpoint = f"checkpoint-{epoch + 1:04d}.keras"
             with atomic_path(self.out / checkpoint) as tmp:
                 self.model.save(tmp)
-            improved = row["val_dice"] > self.best
-            if improved:
-                self.best = row["val_dice"]
+            best = max(self.state["best_val_dice"], row["val_dice"])
+            if row["val_dice"] > self.state["best_val_dice"]:
                 with atomic_path(self.out / "model.keras") as tmp:
                     self.model.save(tmp)
-            seconds = self.seconds_before + time.monotonic() - self.started
-            state = {"epoch": epoch + 1, "checkpoint": checkpoint, "best_val_dice": self.best,
-                     "training_seconds": seconds, "history": self.history}
-            with atomic_path(self.out / "state.json") as tmp:
-                tmp.write_text(json.dumps(state, indent=2))
-            if self.previous and self.previous != checkpoint:
-                (self.out / self.previous).unlink(missing_ok=True)
-            self.previous = checkpoint
+            previous = self.state.get("checkpoint")
+            self.state |= {"epoch": epoch + 1, "checkpoint": checkpoint, "best_val_dice": best,
+                           "training_seconds": time.monotonic() - self.started,
+                           "history": self.history, "ended": self.ended(epoch + 1)}
+            write_state(self.out, self.state)
+            if previous and previous != checkpoint:
+                (self.out / previous).unlink(missing_ok=True)
             write_history(self.out, self.history)
+
+        def ended(self, epochs_done: int) -> str | None:
+            """Why the run ends after this epoch (EarlyStopping runs before this callback)."""
+            if epochs_done >= self.config.epochs:
+                return FINISHED
+            if self.model.stop_training:
+                return EARLY_STOP
+            if out_of_time(self.config, self.started, self.epoch_started):
+                self.model.stop_training = True
+                return TIME_LIMIT
+            return None
 
     return RunRecorder
 
@@ -233,9 +235,32 @@ def cosine_learning_rate(config: TrainConfig):
     return schedule
 
 
+def train_step(model, optimizer, x, y):
+    """One optimisation step on one batch; the loss before the update.
+
+    Args:
+        model: a Keras model mapping ``(B, x, y, z, 4)`` to sigmoid ``(B, x, y, z, 3)``.
+        optimizer: a Keras optimizer.
+        x: ``(B, x, y, z, 4)`` standardised patches; y: ``(B, x, y, z, 3)`` one-hot labels.
+
+    Returns:
+        A scalar tensor: the soft Dice loss of the batch (pooled over batch and space, per
+        class), computed in training mode before the gradients are applied.
+    """
+    import tensorflow as tf
+
+    from .metrics import BATCH_AXIS, soft_dice_loss
+
+    with tf.GradientTape() as tape:
+        loss = soft_dice_loss(y, model(x, training=True), axis=BATCH_AXIS)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    return loss
+
+
 def make_train_step(model, strategy):
-    """``step(batch) -> (loss, dice)``: one optimizer step on one global (distributed) batch
-    ``(x, y)``, the same for every strategy."""
+    """``step(batch) -> (loss, dice)``: :func:`train_step`'s optimizer step on one global
+    (distributed) batch ``(x, y)``, the same for every strategy."""
     import tensorflow as tf
 
     from .metrics import batch_dice, batch_dice_loss
@@ -282,14 +307,15 @@ def out_of_time(config: TrainConfig, started: float, epoch_started: float) -> bo
     return (now - started) + (now - epoch_started) > config.time_limit_minutes * 60
 
 
-def prepare_run(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, dict | None]:
-    """Check the run folder; write config.json for a new run, read it back to resume."""
-    config_path = out / "config.json"
-    if resume:
-        if not config_path.exists():
-            raise InputError(out, "no run to resume here (config.json missing)")
-        return TrainConfig.load(config_path), read_state(out)
-    if config_path.exists():
+def used_up(config: TrainConfig, state: dict | None) -> bool:
+    """Whether a run has trained for its whole time limit already."""
+    limit = config.time_limit_minutes
+    return bool(limit and state and state["training_seconds"] >= limit * 60)
+
+
+def new_run(config: TrainConfig, out: Path) -> TrainConfig:
+    """Check the data and the run folder, split the cases and write config.json."""
+    if (out / "config.json").exists():
         raise InputError(out, "holds a run already: pass --resume to continue it, or choose "
                               "another --out")
     cases = [case for case in find_cases(config.data) if case.label is not None]
@@ -298,27 +324,89 @@ def prepare_run(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConf
     config.train_cases, config.valid_cases = split_cases([c.id for c in cases],
                                                          config.valid_fraction, config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    config.save(config_path)
-    return config, None
+    config.save(out / "config.json")
+    return config
 
 
-def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, strategy=None,
-          verbose: int = 1):
-    """Train (or resume) a run into folder ``out``; returns the history as a list of dicts."""
-    import keras
-
+def train(config: TrainConfig, out: str | os.PathLike, strategy=None, verbose: int = 1) -> dict:
+    """Train a new run into folder ``out``, then calibrate its threshold; returns its state
+    (``state.json``: epochs, history, why it ended, threshold)."""
     out = Path(out)
-    config, state = prepare_run(config, out, resume)
-    initial_epoch = state["epoch"] if state else 0
-    if initial_epoch >= config.epochs:
-        return state["history"]
-    strategy = strategy or make_strategy(config.strategy)
-    keras.utils.set_random_seed(config.seed + initial_epoch)
+    return _complete(new_run(config, out), out, None, strategy, verbose)
 
+
+def resume(out: str | os.PathLike, epochs: int | None = None,
+           time_limit_minutes: float | None = None, data: str | None = None, strategy=None,
+           verbose: int = 1) -> dict:
+    """Complete what the run in ``out`` is missing; returns its state.
+
+    A run killed during training continues from its last complete epoch; a run killed during
+    calibration is calibrated. A run that ended (all epochs done, early stop or time limit) trains
+    again only when ``epochs`` or ``time_limit_minutes`` extend it; otherwise nothing changes.
+    ``data`` points the run at its dataset in a new place (same cases). Changed settings are
+    saved in config.json.
+    """
+    out = Path(out)
+    config = TrainConfig.load(out / "config.json") if (out / "config.json").exists() else None
+    if config is None:
+        raise InputError(out, "no run to resume here (config.json missing)")
+    state = read_state(out)
+    done = state["epoch"] if state else 0
+    if epochs is not None and epochs < max(done, 1):
+        raise InputError("--epochs", f"the run in {out} has trained {done} epochs already; "
+                                     f"give more to extend it")
+    changes = {"epochs": epochs, "time_limit_minutes": time_limit_minutes, "data": data}
+    changes = {key: value for key, value in changes.items()
+               if value is not None and value != getattr(config, key)}
+    for key, value in changes.items():
+        setattr(config, key, value)
+    if changes:
+        config.save(out / "config.json")
+    if state and state.get("ended") and ({"epochs", "time_limit_minutes"} & changes.keys()):
+        state["ended"] = None  # extended on purpose
+    return _complete(config, out, state, strategy, verbose)
+
+
+def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verbose: int) -> dict:
+    """Train the epochs the run still needs, then calibrate if that is not done."""
+    say = print if verbose else (lambda *args, **kwargs: None)
+    done = state["epoch"] if state else 0
     by_id = {case.id: case for case in find_cases(config.data)}
     missing = [i for i in config.train_cases + config.valid_cases if i not in by_id]
     if missing:
         raise InputError(config.data, f"cases of this run are missing: {', '.join(missing[:5])}")
+    strategy = strategy or make_strategy(config.strategy)
+    if state and state.get("ended"):
+        say(f"{out}: the run ended ({state['ended']}) after {done} epochs; nothing to train "
+            f"(--epochs or --time-limit extend it)")
+    elif done >= config.epochs:
+        say(f"{out}: all {done} epochs are trained")
+    elif used_up(config, state):
+        write_state(out, state | {"ended": TIME_LIMIT})
+        state = read_state(out)
+        say(f"{out}: the time limit of {config.time_limit_minutes} minutes is used up")
+    else:
+        if done:
+            say(f"{out}: resuming at epoch {done + 1} of {config.epochs}")
+        state = _fit(config, out, state, strategy, by_id, verbose)
+        say(f"{out}: {state['ended']} after {state['epoch']} epochs; best validation Dice "
+            f"{state['best_val_dice']:.4f}")
+    if is_chief(strategy) and "threshold" not in state:
+        say(f"{out}: calibrating the label-map threshold on {len(config.valid_cases)} "
+            f"validation scans")
+        calibrate_threshold(out, [by_id[i] for i in config.valid_cases], config.model.patch_shape)
+        state = read_state(out)
+        say(f"{out}: threshold {state['threshold']}")
+    return state
+
+
+def _fit(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: dict,
+         verbose: int) -> dict:
+    """The training loop from the last complete epoch; returns the new state."""
+    import keras
+
+    initial_epoch = state["epoch"] if state else 0
+    keras.utils.set_random_seed(config.seed + initial_epoch)
     patch = config.model.patch_shape
     cache = out / "cache"
     train_cases = [cache_case(by_id[i], cache, patch) for i in config.train_cases]
@@ -349,7 +437,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, str
         step = make_train_step(model, strategy)
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
-    recorder = _callbacks_cls()(out, state)
+    recorder = _callbacks_cls()(out, config, state)
     callbacks = keras.callbacks.CallbackList(
         [keras.callbacks.LearningRateScheduler(cosine_learning_rate(config)),
          keras.callbacks.EarlyStopping(monitor="val_dice", mode="max",
@@ -359,10 +447,8 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, str
         add_history=True, add_progbar=verbose > 0, model=model, verbose=verbose,
         epochs=config.epochs, steps=config.steps_per_epoch)
     model.stop_training = False
-    started = time.monotonic() - (state.get("training_seconds", 0.0) if state else 0.0)
     callbacks.on_train_begin()
     for epoch in range(initial_epoch, config.epochs):
-        epoch_started = time.monotonic()
         callbacks.on_epoch_begin(epoch)
         losses, dices = [], []
         for batch in range(config.steps_per_epoch):
@@ -375,12 +461,10 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, str
         logs |= evaluate_patches(model, valid_x, valid_y, config.batch_size)
         logs["learning_rate"] = float(np.asarray(model.optimizer.learning_rate))
         callbacks.on_epoch_end(epoch, logs)
-        if model.stop_training or out_of_time(config, started, epoch_started):
+        if recorder.state["ended"]:
             break
     callbacks.on_train_end()
-    if is_chief(strategy):
-        calibrate_threshold(out, [by_id[i] for i in config.valid_cases], patch)
-    return recorder.history
+    return recorder.state
 
 
 def is_chief(strategy) -> bool:
@@ -397,14 +481,14 @@ def calibrate_threshold(out: Path, valid_cases: list, patch_shape) -> float:
     """Choose the probability threshold of the label map that gives the best mean Dice of
     WT, TC and ET on the run's whole validation scans; record it in state.json.
 
-    A soft-Dice-trained network is often under-confident at tumour borders, so 0.5 is not
+    Soft-Dice-trained networks give probabilities that are not calibrated, so 0.5 is not
     always best; the choice uses validation cases only, never the cases evaluated later.
     """
     from .data import load_case
     from .inference import predict_volume, to_label_map
     from .metrics import case_metrics
 
-    model = load_model(out)
+    model = load_model(out / "model.keras")
     scores = {threshold: [] for threshold in THRESHOLDS}
     for case in valid_cases:
         image, label = load_case(case)
@@ -415,16 +499,6 @@ def calibrate_threshold(out: Path, valid_cases: list, patch_shape) -> float:
     means = {t: float(np.mean(v)) for t, v in scores.items()}
     # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
     best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
-    state = read_state(out) | {"threshold": best,
-                               "threshold_scores": {str(t): m for t, m in means.items()}}
-    with atomic_path(out / "state.json") as tmp:
-        tmp.write_text(json.dumps(state, indent=2))
+    write_state(out, read_state(out) | {"threshold": best, "threshold_scores":
+                                        {str(t): m for t, m in means.items()}})
     return best
-
-
-def run_threshold(model_path: str | os.PathLike) -> float | None:
-    """The label-map threshold calibrated for a run folder (or the run a .keras file sits in)."""
-    state_path = run_folder(model_path) / "state.json"
-    if not state_path.exists():
-        return None
-    return json.loads(state_path.read_text()).get("threshold")

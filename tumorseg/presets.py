@@ -1,0 +1,53 @@
+"""Every preset and default of a run, in one place (no TensorFlow import: the CLI reads it).
+
+A run is a network (:class:`ModelConfig`) and the settings that train it. The ``seed`` preset is
+the seed's exact configuration, for a GPU; ``cpu`` is small enough to train on two CPU cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+SEED_PATCH_SHAPE = (160, 160, 16)  # the seed's training patch (x, y, z)
+DEFAULT_PRESET = "cpu"
+STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = ("float32", "bf16")  # of prediction; bf16 runs a U-Net under mixed_bfloat16
+DEFAULT_THRESHOLD = 0.5  # of a label map, where a run has none calibrated
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a network; saved with every run (``config.json``)."""
+
+    patch_shape: tuple[int, int, int] = SEED_PATCH_SHAPE
+    n_channels: int = 4
+    n_labels: int = 3
+    depth: int = 4
+    n_base_filters: int = 32
+    normalization: str | None = None  # None, "batch" or "instance"
+    deconvolution: bool = False
+    precision: str = "float32"  # or "mixed_bfloat16"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        values = dict(values)
+        values["patch_shape"] = tuple(values["patch_shape"])
+        return cls(**values)
+
+
+PRESETS = {
+    # The seed's exact network, for a GPU.
+    "seed": ModelConfig(),
+    # Small enough for two CPU cores: fewer filters and a smaller patch; same architecture.
+    "cpu": ModelConfig(patch_shape=(64, 64, 32), n_base_filters=8, normalization="batch"),
+}
+
+TRAINING_PRESETS = {
+    # Two CPU cores: ~1.1 s per step of 4 patches of 64x64x32; ~13 minutes in all.
+    "cpu": dict(epochs=28, steps_per_epoch=25, batch_size=4, learning_rate=2e-3),
+    # The seed's full model and patches, for a GPU: batches of 3 patches, 20 steps an epoch.
+    "seed": dict(epochs=100, steps_per_epoch=20, batch_size=3, learning_rate=1e-4),
+}
