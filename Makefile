@@ -8,6 +8,7 @@ DATA := data/synthetic
 HELD_OUT := data/synthetic-test
 RUN := runs/cpu
 CASES ?= 24
+TIME_LIMIT ?= 15
 
 .PHONY: run test bench assets lab student chromium clean
 STUDENT_DIR ?= student
@@ -25,7 +26,7 @@ run: $(STAMP)
 	$(BIN)/tumorseg synth --out $(HELD_OUT) --cases 8 --seed 1
 	$(BIN)/tumorseg info $(DATA)
 	if [ -f $(RUN)/config.json ]; then $(BIN)/tumorseg train --out $(RUN) --resume; \
-	else $(BIN)/tumorseg train --data $(DATA) --out $(RUN) --preset cpu --time-limit 15; fi
+	else $(BIN)/tumorseg train --data $(DATA) --out $(RUN) --preset cpu --time-limit $(TIME_LIMIT); fi
 	$(BIN)/tumorseg predict --model $(RUN) --input $(HELD_OUT) --out $(RUN)/predictions --tta --overwrite
 	$(BIN)/tumorseg evaluate --pred $(RUN)/predictions --truth $(HELD_OUT)
 
