@@ -9,8 +9,9 @@ HELD_OUT := data/synthetic-test
 RUN := runs/cpu
 CASES ?= 24
 
-.PHONY: run test bench assets lab student chromium clean
+.PHONY: run test bench assets lab student grade chromium clean
 STUDENT_DIR ?= student
+SUBMISSIONS ?= submissions
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +43,13 @@ bench: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# The learner version of the course (nbgrader), and autograding: SUBMISSIONS/<learner>/*.ipynb
+# -> SUBMISSIONS/grades.csv.
 student: $(STAMP)
-	$(BIN)/python notebooks/make_student.py --out $(STUDENT_DIR)
+	$(BIN)/python notebooks/instructor.py student --out $(STUDENT_DIR)
+
+grade: $(STAMP)
+	$(BIN)/python notebooks/instructor.py grade $(SUBMISSIONS)
 
 assets: $(STAMP)
 	$(BIN)/python util.py assets
