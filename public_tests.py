@@ -107,9 +107,14 @@ class _Checker:
 
     def number(self, got, what: str, hint: str = "") -> float:
         try:
-            return float(np.asarray(got))
+            value = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):
             self.fail(f"{what} should be a single number, got {_describe(got)}. {hint}".strip())
+        if value.shape != ():
+            self.fail(f"{what} should be a single number, got an array of shape {value.shape}. "
+                      f"Sum over every axis in `axis` (the default (0, 1, 2) covers x, y and z) "
+                      f"and take the mean of what is left.")
+        return float(value)
 
     def close(self, got, expected: float, what: str, hint: str = "", atol: float = 1e-4):
         value = self.number(got, what, hint)
@@ -616,7 +621,7 @@ def test_train_step(target):
     y = (rng.random((3, 4, 4, 2, 3)) < 0.3).astype(np.float32)
     learning_rate = 0.5
     model, reference = _tiny_model(), _tiny_model()
-    before = [w.copy() for w in model.get_weights()]
+    before = [v.numpy().copy() for v in model.trainable_variables]
     evaluation_loss = _reference_step(_tiny_model(), x, y, 0.0, training=False)
     per_example_loss = _reference_step(_tiny_model(), x, y, 0.0, axis=(1, 2, 3))
     expected = _reference_step(reference, x, y, learning_rate)
@@ -630,7 +635,7 @@ def test_train_step(target):
     loss = float(np.asarray(loss))
     after_loss = _reference_step(_copy_of(model), x, y, 0.0)
     weights = model.get_weights()
-    if all(np.array_equal(a, b) for a, b in zip(before, weights)):
+    if all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_variables)):
         check.fail("the weights did not change: apply the gradients with "
                    "optimizer.apply_gradients(zip(gradients, model.trainable_variables)).")
     if not np.isclose(loss, expected, atol=1e-5):
