@@ -106,6 +106,8 @@ class _Checker:
             self.fail(f"{what} should be {tuple(expected)}, got {tuple(got)}. {hint}".strip())
 
     def number(self, got, what: str, hint: str = "") -> float:
+        if got is None:
+            self.fail(f"{what}: returned None. Is a None from the skeleton still there?")
         try:
             value = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):

@@ -118,7 +118,7 @@ def test_04_loss_and_metrics():
     assert per_example < pooled  # the markdown's claim: stray voxels in an empty patch
     # The HD95 demonstration: Dice and HD95 rank A and B oppositely; the tiny blob is ignored.
     assert "Dice prefers A | HD95 (lower is better) prefers B" in text
-    assert re.search(r"tiny: 2x2x2 blob\s+[\d.]+\s+0\.0\b", text), text
+    assert re.search(r"tiny: 2x2x2 blob\s+[\d.]+\s+0\.0+\n", text), text
 
 
 @pytest.fixture(scope="module")
