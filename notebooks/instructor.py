@@ -110,6 +110,10 @@ def write_student(out: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- grading
 
 
+class BadInput(Exception):
+    """A submissions folder that cannot be graded: one line, exit status 2."""
+
+
 def _grade_id(cell) -> str | None:
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
@@ -189,10 +193,10 @@ def grade(submissions: Path) -> Path:
     """Autograde every learner folder under ``submissions``; write ``grades.csv`` there."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: no C++ chatter
     if not submissions.is_dir():
-        raise SystemExit(f"{submissions}: no such folder of submissions")
+        raise BadInput(f"{submissions}: no such folder of submissions")
     learners = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not learners:
-        raise SystemExit(f"{submissions}: no learner folders (one sub-folder per learner)")
+        raise BadInput(f"{submissions}: no learner folders (one sub-folder per learner)")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for folder in learners:
@@ -219,7 +223,11 @@ def main(argv=None) -> int:
         for path in write_student(Path(args.out)):
             print(path)
     else:
-        out = grade(args.submissions)
+        try:
+            out = grade(args.submissions)
+        except BadInput as error:
+            print(error, file=sys.stderr)
+            return 2
         with out.open() as handle:
             total = list(csv.DictReader(handle))
         for learner in dict.fromkeys(row["learner"] for row in total):

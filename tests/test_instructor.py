@@ -83,8 +83,15 @@ def test_unsolved_learner_version_gets_zero_with_one_message_each(grades):
         assert "\n" not in row["message"]
 
 
-def test_grade_without_learner_folders_is_one_line(tmp_path):
-    failed = subprocess.run(["make", "-s", "grade", f"SUBMISSIONS={tmp_path}"], cwd=ROOT,
-                            capture_output=True, text=True)
-    assert failed.returncode != 0
-    assert f"{tmp_path}: no learner folders" in failed.stderr
+@pytest.mark.parametrize("make_folder, says", [(True, "no learner folders"),
+                                               (False, "no such folder of submissions")])
+def test_grade_bad_submissions_folder_is_one_line(tmp_path, make_folder, says):
+    import sys
+
+    folder = tmp_path / "submissions"
+    if make_folder:
+        folder.mkdir()
+    failed = subprocess.run([sys.executable, str(NOTEBOOKS / "instructor.py"), "grade",
+                             str(folder)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == f"{folder}: {says}"
