@@ -203,6 +203,25 @@ def visualize_patch_prediction(X: np.ndarray, truth: np.ndarray, prediction: np.
     return fig
 
 
+def plot_truth_and_prediction(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                              z: int | None = None):
+    """A whole scan's axial slice ``z`` (default: the one with most tumour in ``truth``): FLAIR
+    with the ground truth beside FLAIR with the prediction (the seed's whole-scan view).
+    image ``(x, y, z, 4)``; truth, prediction label maps ``(x, y, z)``."""
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax((truth > 0).sum(axis=(0, 1)))) if z is None else z
+    grey = take_slice(normalise(image[..., 0]), "axial", z)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    for ax, label, title in ((axes[0], truth, "ground truth"), (axes[1], prediction, "prediction")):
+        ax.imshow(overlay(grey, take_slice(label, "axial", z), 0.6))
+        ax.set_title(f"{title}, axial slice {z}")
+        ax.axis("off")
+    fig.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def tumour_region(label: np.ndarray, window: tuple[int, int, int]) -> tuple[slice, slice, slice]:
     """The tumour's bounding box grown by half a ``window`` on each side (and to at least the
     window), within the volume: a region where random windows mostly hold tumour.

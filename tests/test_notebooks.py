@@ -152,7 +152,7 @@ def test_06_whole_scan_inference(trained, datasets):
     assert "patches (64, 64, 32), threshold 0.5" in text  # the learner's model from notebook 5
     assert "Sensitivity" in text and "seed tiling" in text and "sliding windows" in text
     assert "Dice WT" in text and "HD95 ET" in text
-    assert displayed(notebook, "image/png") >= 1  # the patch: truth beside prediction
+    assert displayed(notebook, "image/png") >= 2  # truth beside prediction: a patch, a whole scan
     assert displayed(notebook, "application/vnd.jupyter.widget-view+json") == 1
     assert list((run / "notebook-predictions").glob("*.nii.gz"))
 
