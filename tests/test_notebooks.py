@@ -184,7 +184,8 @@ def test_learner_version_has_skeletons_and_no_solutions(student):
     for name in ("02_patch_generation", "06_whole_scan_inference"):
         text = (student / f"{name}.ipynb").read_text()
         assert "### START CODE HERE (REPLACE INSTANCES OF 'None' with your code) ###" in text
-        assert "orig_x - output_x + 1" not in text and "int(window * (1 - overlap))" not in text
+        assert "start_x = np.random.randint(0, orig_x - output_x + 1)" not in text
+        assert "stride = max(1, int(window * (1 - overlap)))" not in text
     notebook = nbformat.read(student / "03_unet_model.ipynb", as_version=4)
     assert all("outputs" not in c or not c.outputs for c in notebook.cells)
     assert (student / "util.py").exists() and (student / "public_tests.py").exists()
