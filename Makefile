@@ -10,14 +10,20 @@ RUN := runs/cpu
 CASES ?= 24
 TIME_LIMIT ?= 15
 
-.PHONY: run test bench assets lab student chromium clean
+.PHONY: run test bench assets lab student grade chromium clean
 STUDENT_DIR ?= student
+SUBMISSIONS ?= submissions
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	# nbgrader is used as a library (make student, make grade): keep its JupyterLab and server
+	# extensions out of the learners' lab.
+	$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1
+	for e in formgrader validate_assignment assignment_list course_list; do \
+	  $(BIN)/jupyter server extension disable --sys-prefix nbgrader.server_extensions.$$e >/dev/null 2>&1; done
 	touch $@
 
 # The main job: data, training (resumed if interrupted), whole-scan prediction, metrics.
@@ -43,8 +49,13 @@ bench: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# The learner version of the course (nbgrader), and autograding: SUBMISSIONS/<learner>/*.ipynb
+# -> SUBMISSIONS/grades.csv.
 student: $(STAMP)
-	$(BIN)/python notebooks/make_student.py --out $(STUDENT_DIR)
+	$(BIN)/python notebooks/instructor.py student --out $(STUDENT_DIR)
+
+grade: $(STAMP)
+	$(BIN)/python notebooks/instructor.py grade $(SUBMISSIONS)
 
 assets: $(STAMP)
 	$(BIN)/python util.py assets

@@ -7,8 +7,12 @@ enhancing.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -177,6 +181,173 @@ def visualize_patch(X: np.ndarray, y: np.ndarray, z: int | None = None):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def visualize_patch_prediction(X: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                               z: int | None = None):
+    """A patch ``X (px, py, pz, 4)``, its label ``truth`` and a ``prediction`` (both one-hot
+    ``(px, py, pz, 3)``) side by side: FLAIR of slice ``z``, the truth and the prediction as
+    colours (the seed's patch prediction view)."""
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax(truth.sum(axis=(0, 1, 3)))) if z is None else z
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    axes[0].imshow(to_display(X[:, :, z, 0]), cmap="gray")
+    axes[0].set_title(f"FLAIR (standardised), z = {z}")
+    for ax, one_hot, title in ((axes[1], truth, "ground truth"), (axes[2], prediction, "prediction")):
+        ax.imshow(to_display(np.clip(one_hot[:, :, z, :], 0, 1) @ LABEL_COLOURS[1:]))
+        ax.set_title(title)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_truth_and_prediction(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                              z: int | None = None):
+    """A whole scan's axial slice ``z`` (default: the one with most tumour in ``truth``): FLAIR
+    with the ground truth beside FLAIR with the prediction (the seed's whole-scan view).
+    image ``(x, y, z, 4)``; truth, prediction label maps ``(x, y, z)``."""
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax((truth > 0).sum(axis=(0, 1)))) if z is None else z
+    grey = take_slice(normalise(image[..., 0]), "axial", z)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    for ax, label, title in ((axes[0], truth, "ground truth"), (axes[1], prediction, "prediction")):
+        ax.imshow(overlay(grey, take_slice(label, "axial", z), 0.6))
+        ax.set_title(f"{title}, axial slice {z}")
+        ax.axis("off")
+    fig.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def tumour_region(label: np.ndarray, window: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """The tumour's bounding box grown by half a ``window`` on each side (and to at least the
+    window), within the volume: a region where random windows mostly hold tumour.
+    label: ``(x, y, z)``; the whole volume when it has no tumour."""
+    present = np.nonzero(np.asarray(label))
+    box = []
+    for axis, (size, w) in enumerate(zip(label.shape, window)):
+        if not present[0].size:
+            box.append(slice(0, size))
+            continue
+        lo, hi = int(present[axis].min()) - w // 2, int(present[axis].max()) + 1 + w // 2
+        lo, hi = max(0, lo), min(size, hi)
+        if hi - lo < w:
+            lo = max(0, min(lo, size - w))
+            hi = min(size, lo + w)
+        box.append(slice(lo, hi))
+    return tuple(box)
+
+
+# ----------------------------------------------------------------------------- the learner's code
+
+# Where the library keeps its production version of each exercise (used only when a learner
+# opts in with USE_LIBRARY_FALLBACK = True).
+LIBRARY_VERSIONS = {
+    "voxels_per_class": "tumorseg.data",
+    "get_sub_volume": "tumorseg.patches",
+    "standardize": "tumorseg.patches",
+    "unet_model_3d": "tumorseg.model",
+    "single_class_dice_coefficient": "tumorseg.metrics",
+    "dice_coefficient": "tumorseg.metrics",
+    "soft_dice_loss": "tumorseg.metrics",
+    "compute_class_sens_spec": "tumorseg.metrics",
+    "get_sens_spec_df": "tumorseg.metrics",
+    "train_step": "tumorseg.train",
+    "window_starts": "tumorseg.inference",
+    "to_label_map": "tumorseg.inference",
+}
+
+
+class NotSolvedYet(Exception):
+    """An earlier exercise the notebook needs is unsolved or fails its check. Shown as its one
+    line in a notebook (no traceback)."""
+
+    def _render_traceback_(self):
+        return [f"\033[91m{self}\033[0m"]
+
+
+def solution_cells(notebook: str | Path) -> list[str]:
+    """The sources of a notebook's exercise cells (nbgrader ``solution`` cells), in order."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    return ["".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            for cell in cells
+            if cell["cell_type"] == "code" and cell["metadata"].get("nbgrader", {}).get("solution")]
+
+
+def load_exercise_cells(notebook: str | Path, namespace: dict | None = None) -> dict:
+    """Run the exercise cells of ``notebook`` (a learner's definitions) in ``namespace`` (a new
+    one by default) and return it. Only the tagged exercise cells run, nothing else."""
+    namespace = {"__name__": f"learner_{Path(notebook).stem}"} if namespace is None else namespace
+    for source in solution_cells(notebook):
+        exec(compile(source, str(notebook), "exec"), namespace)
+    return namespace
+
+
+def _course_folder(folder) -> Path:
+    """The folder of the learner's notebooks: the given one, else the running notebook's."""
+    return Path(folder) if folder is not None else Path.cwd()
+
+
+def _check_quietly(name: str, function) -> str | None:
+    """None when ``function`` passes the graded check of exercise ``name``, else its message."""
+    import public_tests
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            getattr(public_tests, f"test_{name}")(function)
+        except AssertionError as failure:
+            return str(failure).splitlines()[0]
+    return None
+
+
+def learner_functions(*names: str, folder=None, use_library_fallback: bool = False,
+                      namespace: dict | None = None) -> SimpleNamespace:
+    """The learner's own functions ``names`` from the earlier notebooks of the course.
+
+    Each exercise's notebook (``public_tests.EXERCISES``) is found in ``folder`` (default: the
+    folder of the running notebook), its exercise cells are run, and each function must pass
+    its graded check. One that is missing or fails is replaced by the library's version only
+    with ``use_library_fallback=True`` (one line says so); otherwise :class:`NotSolvedYet`
+    says in one line what to finish. ``namespace`` receives the definitions (default: a new
+    dict); returns them as attributes, e.g. ``mine.get_sub_volume``.
+    """
+    import public_tests
+
+    folder = _course_folder(folder)
+    namespace = {"__name__": "learner"} if namespace is None else namespace
+    loaded: dict[str, str | None] = {}
+    for notebook in dict.fromkeys(public_tests.EXERCISES[name] for name in names):
+        path = folder / f"{notebook}.ipynb"
+        try:
+            load_exercise_cells(path, namespace)
+            loaded[notebook] = None
+        except FileNotFoundError:
+            loaded[notebook] = f"{path.name} is not in {folder}"
+        except Exception as error:  # the learner's cell does not run
+            loaded[notebook] = f"its exercise cells in {path.name} raise {type(error).__name__}: {error}"
+    functions = {}
+    for name in names:
+        notebook = public_tests.EXERCISES[name]
+        problem = loaded[notebook]
+        if problem is None:
+            function = namespace.get(name)
+            problem = (f"{notebook}.ipynb defines no function {name}" if not callable(function)
+                       else _check_quietly(name, function))
+        if problem is None:
+            functions[name] = namespace[name]
+            continue
+        where = f"{name} ({notebook})"
+        if not use_library_fallback:
+            raise NotSolvedYet(f"{where} is not solved yet: {problem}. Finish it there, or set "
+                               f"USE_LIBRARY_FALLBACK = True in the parameters cell to go on with "
+                               f"the library's version.")
+        module = importlib.import_module(LIBRARY_VERSIONS[name])
+        print(f"{where}: {problem}; using the library's version, as USE_LIBRARY_FALLBACK asks.")
+        functions[name] = namespace[name] = getattr(module, name)
+    return SimpleNamespace(**functions)
 
 
 def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",

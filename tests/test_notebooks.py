@@ -1,9 +1,11 @@
 """The six notebooks run top to bottom in a real Jupyter kernel (small settings through their
-parameters cell), and the learner version stops at its first graded check."""
+parameters cell), each "Expected output" block matches what its cell printed, and the learner
+version stops at its first graded check with that check's message."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -13,33 +15,56 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 pytestmark = pytest.mark.slow
 
 
-def execute(path: Path, parameters: dict) -> nbformat.NotebookNode:
+def execute(path: Path, parameters: dict, cwd: Path | None = None) -> nbformat.NotebookNode:
     """Run a notebook with ``parameters`` appended to its parameters cell; return it executed."""
     notebook = nbformat.read(path, as_version=4)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
     cell.source += "\n# set by the tests\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
     client = NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(cwd or path.parent)}})
     client.execute()
     return notebook
 
 
+def output_text(cell) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.append(output.get("data", {}).get("text/plain", ""))
+    return ANSI.sub("", "\n".join(parts))
+
+
 def text_of(notebook) -> str:
     """Everything the notebook printed or displayed as text."""
-    parts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            parts.append(output.get("text", ""))
-            parts.append(output.get("data", {}).get("text/plain", ""))
-    return "\n".join(parts)
+    return "\n".join(output_text(cell) for cell in notebook.cells)
 
 
 def displayed(notebook, mime: str) -> int:
     return sum(mime in output.get("data", {}) for cell in notebook.cells
                for output in cell.get("outputs", []))
+
+
+def check_expected_outputs(notebook) -> int:
+    """Each "Expected output" block holds exactly what the code cell before it printed."""
+    blocks = 0
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "markdown" or "**Expected output**" not in cell.source:
+            continue
+        expected = re.search(r"```\n(.*?)\n```", cell.source, re.DOTALL).group(1)
+        previous = next(c for c in reversed(notebook.cells[:index]) if c.cell_type == "code")
+        printed = output_text(previous).strip()
+        assert printed == expected.strip(), (expected, printed)
+        blocks += 1
+    return blocks
+
+
+def graded_passes(notebook) -> int:
+    return sum("All tests passed." in output_text(cell) for cell in notebook.cells
+               if cell.metadata.get("nbgrader", {}).get("grade"))
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +82,8 @@ def test_01_data_exploration(datasets):
     text = text_of(notebook)
     assert "4 cases in" in text and "voxel size: (1.0, 1.0, 1.0) mm" in text
     assert "image (240, 240, 155, 4) float32" in text
+    assert graded_passes(notebook) == 1 and check_expected_outputs(notebook) == 1
+    assert "tumour share" in text  # the table made with the learner's voxels_per_class
     assert displayed(notebook, "image/png") >= 2  # bar plot and image grid
     assert displayed(notebook, "image/gif") == 1
     assert displayed(notebook, "application/vnd.jupyter.widget-view+json") == 1
@@ -66,7 +93,7 @@ def test_02_patch_generation(datasets):
     notebook = execute(NOTEBOOKS / "02_patch_generation.ipynb",
                        {"DATA": str(datasets / "train"), "EXPORT_CASES": 3})
     text = text_of(notebook)
-    assert text.count("All tests passed.") == 2
+    assert graded_passes(notebook) == 2 and check_expected_outputs(notebook) == 2
     assert "X (160, 160, 16, 4) y (160, 160, 16, 3)" in text
     assert "batch: (2, 160, 160, 16, 4) (2, 160, 160, 16, 3)" in text
 
@@ -74,7 +101,10 @@ def test_02_patch_generation(datasets):
 def test_03_unet_model():
     notebook = execute(NOTEBOOKS / "03_unet_model.ipynb", {"SHOW_SUMMARY": False})
     text = text_of(notebook)
-    assert "16,318,307 parameters" in text and "1,023,355 parameters" in text
+    assert graded_passes(notebook) == 1 and check_expected_outputs(notebook) == 1
+    assert "16,318,307 parameters, output (None, 160, 160, 16, 3)" in text
+    assert "counted by hand: 16,318,307, counted by Keras: 16,318,307" in text
+    assert "1,023,355 parameters" in text  # the learner's function builds the cpu preset
     assert "741.9" in text  # forward GFLOP of the seed model
     assert displayed(notebook, "image/png") >= 1
 
@@ -82,9 +112,13 @@ def test_03_unet_model():
 def test_04_loss_and_metrics():
     notebook = execute(NOTEBOOKS / "04_loss_and_metrics.ipynb", {})
     text = text_of(notebook)
-    assert text.count("All tests passed.") == 5
-    assert "dice (epsilon 1): 0.6000, soft dice loss (epsilon 1): 0.4000" in text
-    assert "sensitivity 0.50, specificity 0.50" in text
+    assert graded_passes(notebook) == 5 and check_expected_outputs(notebook) == 5
+    per_example = float(re.search(r"per example, then mean: ([\d.]+)", text).group(1))
+    pooled = float(re.search(r"pooled over the batch:  ([\d.]+)", text).group(1))
+    assert per_example < pooled  # the markdown's claim: stray voxels in an empty patch
+    # The HD95 demonstration: Dice and HD95 rank A and B oppositely; the tiny blob is ignored.
+    assert "Dice prefers A | HD95 (lower is better) prefers B" in text
+    assert re.search(r"tiny: 2x2x2 blob\s+[\d.]+\s+0\.0+\n", text), text
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +126,21 @@ def trained(datasets):
     run = datasets / "run"
     notebook = execute(NOTEBOOKS / "05_training.ipynb",
                        {"DATA": str(datasets / "train"), "RUN": str(run), "EPOCHS": 1,
-                        "STEPS_PER_EPOCH": 2})
+                        "STEPS_PER_EPOCH": 2, "BATCH_SIZE": 2, "VALIDATION_PATCHES": 2})
     return run, notebook
 
 
 def test_05_training(trained):
     run, notebook = trained
-    assert (run / "model.keras").exists() and (run / "config.json").exists()
-    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+    text = text_of(notebook)
+    assert graded_passes(notebook) == 1 and check_expected_outputs(notebook) == 1
+    assert "ready: get_sub_volume, standardize, unet_model_3d, soft_dice_loss, dice_coefficient" in text
+    assert "first epoch:" in text and "all 1 epochs: about" in text  # the time warning, measured
+    assert (run / "model.keras").exists() and (run / "history.csv").exists()
     assert displayed(notebook, "image/png") >= 1  # the curves
-    assert "val_dice" in text_of(notebook)
+    assert displayed(notebook, "application/vnd.jupyter.widget-view+json") >= 1  # progress bar
+    difference = float(re.search(r"largest weight difference after 3 steps: (\S+)", text).group(1))
+    assert difference < 1e-4
 
 
 def test_06_whole_scan_inference(trained, datasets):
@@ -109,25 +148,66 @@ def test_06_whole_scan_inference(trained, datasets):
     notebook = execute(NOTEBOOKS / "06_whole_scan_inference.ipynb",
                        {"RUN": str(run), "TEST_DATA": str(datasets / "test"), "TEST_CASES": 1})
     text = text_of(notebook)
+    assert graded_passes(notebook) == 2 and check_expected_outputs(notebook) == 2
+    assert "patches (64, 64, 32), threshold 0.5" in text  # the learner's model from notebook 5
     assert "Sensitivity" in text and "seed tiling" in text and "sliding windows" in text
     assert "Dice WT" in text and "HD95 ET" in text
+    assert displayed(notebook, "image/png") >= 2  # truth beside prediction: a patch, a whole scan
     assert displayed(notebook, "application/vnd.jupyter.widget-view+json") == 1
     assert list((run / "notebook-predictions").glob("*.nii.gz"))
 
 
-@pytest.mark.parametrize("name, first_check", [
-    ("02_patch_generation", "get_sub_volume: returned None although qualifying windows exist"),
-    ("04_loss_and_metrics", "single_class_dice_coefficient: seed example 1"),
-])
-def test_learner_version_stops_at_its_first_check(tmp_path, datasets, name, first_check):
+def test_no_notebook_imports_an_exercise_from_the_library():
+    import public_tests
+
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            for line in source.splitlines():
+                if line.lstrip().startswith(("from tumorseg", "import tumorseg")):
+                    imported = re.split(r"[\s,()]+", line.split(" import ", 1)[-1])
+                    assert not set(imported) & set(public_tests.EXERCISES), (path.name, line)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, str(NOTEBOOKS / "make_student.py"), "--out",
-                    str(tmp_path / "student")], check=True, capture_output=True)
-    learner = tmp_path / "student" / f"{name}.ipynb"
-    assert "### START CODE HERE ###" in learner.read_text()
-    assert "np.random.randint(0, orig_x" not in learner.read_text()
+    out = tmp_path_factory.mktemp("student")
+    subprocess.run([sys.executable, str(NOTEBOOKS / "instructor.py"), "student", "--out", str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_learner_version_has_skeletons_and_no_solutions(student):
+    for name in ("02_patch_generation", "06_whole_scan_inference"):
+        text = (student / f"{name}.ipynb").read_text()
+        assert "### START CODE HERE (REPLACE INSTANCES OF 'None' with your code) ###" in text
+        assert "start_x = np.random.randint(0, orig_x - output_x + 1)" not in text
+        assert "stride = max(1, int(window * (1 - overlap)))" not in text
+    notebook = nbformat.read(student / "03_unet_model.ipynb", as_version=4)
+    assert all("outputs" not in c or not c.outputs for c in notebook.cells)
+    assert (student / "util.py").exists() and (student / "public_tests.py").exists()
+
+
+@pytest.mark.parametrize("name, first_check", [
+    ("02_patch_generation", "get_sub_volume: raised TypeError"),
+    ("04_loss_and_metrics", "single_class_dice_coefficient: seed example 1"),
+])
+def test_learner_version_stops_at_its_first_check(student, datasets, name, first_check):
     with pytest.raises(CellExecutionError) as failure:
-        execute(learner, {"DATA": str(datasets / "train")})
-    assert "AssertionError" in str(failure.value) and first_check in str(failure.value)
+        execute(student / f"{name}.ipynb", {"DATA": str(datasets / "train")})
+    message = ANSI.sub("", str(failure.value))
+    assert "AssertionError" in message and first_check in message
+    assert "Is a None from the skeleton still there?" in message
+
+
+def test_later_notebook_says_in_one_line_what_is_unsolved(student):
+    with pytest.raises(CellExecutionError) as failure:
+        execute(student / "05_training.ipynb", {})
+    message = ANSI.sub("", str(failure.value))
+    assert failure.value.ename == "NotSolvedYet"
+    assert ("get_sub_volume (02_patch_generation) is not solved yet: get_sub_volume: raised "
+            "TypeError" in message)
+    assert "USE_LIBRARY_FALLBACK = True" in message

@@ -1,4 +1,6 @@
-"""The graded checks pass the library's own functions and fail deliberately wrong versions."""
+"""The graded checks pass the library's functions and the solution notebooks' functions, and
+reject, per exercise, the typical wrong implementations with a message that names the exercise
+and says what to look at."""
 
 from __future__ import annotations
 
@@ -9,22 +11,38 @@ import pandas as pd
 import pytest
 
 import public_tests
-from tumorseg import metrics, patches
+import util
+from tumorseg import data, inference, metrics, model, patches, train
+
+from pathlib import Path
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
 
 LIBRARY = {
+    "voxels_per_class": data.voxels_per_class,
+    "get_sub_volume": patches.get_sub_volume,
+    "standardize": patches.standardize,
+    "unet_model_3d": model.unet_model_3d,
     "single_class_dice_coefficient": metrics.single_class_dice_coefficient,
     "dice_coefficient": metrics.dice_coefficient,
     "soft_dice_loss": metrics.soft_dice_loss,
     "compute_class_sens_spec": metrics.compute_class_sens_spec,
     "get_sens_spec_df": metrics.get_sens_spec_df,
-    "standardize": patches.standardize,
-    "get_sub_volume": patches.get_sub_volume,
+    "train_step": train.train_step,
+    "window_starts": inference.window_starts,
+    "to_label_map": inference.to_label_map,
 }
 
 
 def test_there_is_one_check_per_exercise():
     checks = {name[5:] for name in dir(public_tests) if name.startswith("test_")}
-    assert checks == set(LIBRARY)
+    assert checks == set(LIBRARY) == set(public_tests.EXERCISES)
+
+
+def test_parameter_count_by_hand():
+    assert public_tests.unet_parameters() == 16_318_307
+    assert public_tests.unet_parameters(n_base_filters=8, batch_norm=True) == 1_023_355
 
 
 @pytest.mark.parametrize("exercise", sorted(LIBRARY))
@@ -33,7 +51,173 @@ def test_library_passes(exercise, capsys):
     assert "All tests passed." in capsys.readouterr().out
 
 
-# ----------------------------------------------------------------------------- wrong versions
+@pytest.fixture(scope="module")
+def solutions():
+    """The solution notebooks' exercise cells, run in order into one namespace."""
+    namespace: dict = {"__name__": "solutions"}
+    for notebook in dict.fromkeys(public_tests.EXERCISES.values()):
+        util.load_exercise_cells(NOTEBOOKS / f"{notebook}.ipynb", namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("exercise", sorted(LIBRARY))
+def test_solution_notebooks_pass(exercise, solutions, capsys):
+    getattr(public_tests, f"test_{exercise}")(solutions[exercise])
+    assert "All tests passed." in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- 01
+
+
+def voxels_unique(label, num_classes=4):
+    return np.unique(label, return_counts=True)[1]
+
+
+def voxels_first_slice(label, num_classes=4):
+    return np.bincount(label[:, :, 0].ravel(), minlength=num_classes)
+
+
+def voxels_bincount_no_minlength(label, num_classes=4):
+    return np.bincount(label.ravel())
+
+
+def voxels_no_background(label, num_classes=4):
+    return np.array([np.sum(label == c) for c in range(1, num_classes)])
+
+
+def voxels_skeleton(label, num_classes=4):
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for c in range(None):
+        counts[c] = None
+    return counts
+
+
+# ----------------------------------------------------------------------------- 02
+
+
+def standardize_whole_channel(image):
+    mean, std = image.mean(axis=(0, 1, 2)), image.std(axis=(0, 1, 2))
+    return (image - mean) / np.where(std > 0, std, 1)
+
+
+def standardize_divides_by_zero(image):
+    return (image - image.mean(axis=(0, 1), keepdims=True)) / image.std(axis=(0, 1), keepdims=True)
+
+
+def standardize_x_slices(image):
+    mean, std = image.mean(axis=(1, 2), keepdims=True), image.std(axis=(1, 2), keepdims=True)
+    return (image - mean) / np.where(std > 0, std, 1)
+
+
+def standardize_in_place(image):
+    image[...] = patches.standardize(image)
+    return image
+
+
+def standardize_zeros_like(image):
+    out = np.zeros_like(image)
+    for c in range(image.shape[3]):
+        for z in range(image.shape[2]):
+            piece = image[:, :, z, c] - image[:, :, z, c].mean()
+            std = piece.std()
+            out[:, :, z, c] = piece / std if std else piece
+    return out
+
+
+def sub_volume_channels_first(image, label, **kwargs):
+    X, y = patches.get_sub_volume(image, label, **kwargs)
+    return np.moveaxis(X, -1, 0), np.moveaxis(y, -1, 0)
+
+
+def sub_volume_background_kept(image, label, **kwargs):
+    X, y = patches.get_sub_volume(image, label, **kwargs)
+    return X, np.concatenate([1 - y.sum(-1, keepdims=True), y], -1)[..., :3]
+
+
+def seed_loop(corner_high=1, accept=lambda share, threshold: share < threshold, endless=False):
+    """The seed's rejection loop with a chosen upper bound of the corner and acceptance test."""
+    def get_sub_volume(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
+                       output_y=160, output_z=16, num_classes=4, max_tries=1000,
+                       background_threshold=0.95):
+        tries = 0
+        while endless or tries < max_tries:
+            tries += 1
+            x, y, z = (np.random.randint(0, o - w + corner_high)
+                       for o, w in ((orig_x, output_x), (orig_y, output_y), (orig_z, output_z)))
+            box = (slice(x, x + output_x), slice(y, y + output_y), slice(z, z + output_z))
+            encoded = np.eye(num_classes)[label[box]]
+            if accept(encoded[..., 0].mean(), background_threshold):
+                return image[box].copy(), encoded[..., 1:]
+        return None
+    return get_sub_volume
+
+
+sub_volume_corner_off_by_one = seed_loop(corner_high=0)
+sub_volume_threshold_inclusive = seed_loop(accept=lambda share, threshold: share <= threshold)
+sub_volume_endless_loop = seed_loop(endless=True)
+
+
+def sub_volume_label_off_by_one(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
+                                output_y=160, output_z=16, num_classes=4, max_tries=1000,
+                                background_threshold=0.95):
+    for _ in range(max_tries):
+        x, y, z = (np.random.randint(0, o - w + 1) for o, w in ((orig_x, output_x),
+                                                                 (orig_y, output_y),
+                                                                 (orig_z, output_z)))
+        window = label[x + 1:x + 1 + output_x, y:y + output_y, z:z + output_z]
+        if window.shape[0] == output_x and np.mean(window == 0) < background_threshold:
+            X = image[x:x + output_x, y:y + output_y, z:z + output_z]
+            return X, patches.one_hot(window, num_classes)
+    return None
+
+
+def sub_volume_ignores_threshold(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
+                                 output_y=160, output_z=16, num_classes=4, **_):
+    x, y, z = (np.random.randint(0, o - w + 1) for o, w in ((orig_x, output_x), (orig_y, output_y),
+                                                             (orig_z, output_z)))
+    box = (slice(x, x + output_x), slice(y, y + output_y), slice(z, z + output_z))
+    return image[box], patches.one_hot(label[box], num_classes)
+
+
+# ----------------------------------------------------------------------------- 03
+
+
+def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fixed_depth=None,
+                 batch_norm=True):
+    """The seed's U-Net with one thing changed."""
+    def unet_model_3d(input_shape=(160, 160, 16, 4), n_labels=3, depth=4, n_base_filters=32,
+                      normalization=None):
+        import keras
+        from keras import layers
+
+        depth = fixed_depth or depth
+
+        def block(x, filters):
+            x = layers.Conv3D(filters, 3, padding="same")(x)
+            if normalization == "batch" and batch_norm:
+                x = layers.BatchNormalization()(x)
+            return layers.Activation("relu")(x)
+
+        inputs = keras.Input(input_shape)
+        x, skips = inputs, []
+        for level in range(depth):
+            filters = n_base_filters * 2**level
+            x = block(block(x, filters), 2 * filters if doubling else filters)
+            skips.append(x)
+            if level < depth - 1 or pool_last:
+                x = layers.MaxPooling3D(2)(x)
+        if pool_last:
+            x = layers.UpSampling3D(2)(x)
+        for level in range(depth - 2, -1, -1):
+            x = layers.UpSampling3D(2)(x)
+            if skip:
+                x = layers.Concatenate()([x, skips[level]])
+            x = block(block(x, skips[level].shape[-1]), skips[level].shape[-1])
+        return keras.Model(inputs, layers.Conv3D(n_labels, 1, activation=output)(x))
+    return unet_model_3d
+
+
+# ----------------------------------------------------------------------------- 04
 
 
 def dice_eps_numerator_only(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
@@ -49,12 +233,32 @@ def dice_with_squares(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
         np.sum(y_true**2, axis) + np.sum(y_pred**2, axis) + epsilon)
 
 
+def dice_ignores_axis(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return metrics.single_class_dice_coefficient(y_true, y_pred, (0, 1, 2), epsilon)
+
+
+def dice_xy_only(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return metrics.single_class_dice_coefficient(y_true, y_pred, (0, 1), epsilon)
+
+
+def dice_sums_everything(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return metrics.single_class_dice_coefficient(y_true, y_pred, None, epsilon)
+
+
 def mean_dice_channels_first(y_true, y_pred, axis=(1, 2, 3), epsilon=1e-5):
     return np.mean(metrics.single_class_dice_coefficient(y_true, y_pred, axis, epsilon))
 
 
 def mean_dice_pooled(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     return metrics.single_class_dice_coefficient(y_true, y_pred, (0, 1, 2, 3), epsilon)
+
+
+def mean_dice_ignores_axis(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return metrics.dice_coefficient(y_true, y_pred, (0, 1, 2), epsilon)
+
+
+def mean_dice_sums_classes(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return np.sum(metrics.single_class_dice_coefficient(y_true, y_pred, axis, epsilon))
 
 
 def loss_no_squares(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
@@ -69,6 +273,10 @@ def loss_eps_once(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
 
 def loss_returns_dice(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     return 1 - metrics.soft_dice_loss(y_true, y_pred, axis, epsilon)
+
+
+def loss_ignores_axis(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return metrics.soft_dice_loss(y_true, y_pred, (0, 1, 2), epsilon)
 
 
 def sens_spec_precision(pred, label, class_num):
@@ -92,6 +300,13 @@ def sens_spec_npv(pred, label, class_num):
     return tp / (tp + fn), tn / (tn + fn)
 
 
+def sens_spec_python_division(pred, label, class_num):
+    p, l = pred[..., class_num] == 1, label[..., class_num] == 1
+    tp, fn = int(np.sum(p & l)), int(np.sum(~p & l))
+    tn, fp = int(np.sum(~p & ~l)), int(np.sum(p & ~l))
+    return tp / (tp + fn), tn / (tn + fp)
+
+
 def sens_spec_df_swapped_rows(pred, label):
     return metrics.get_sens_spec_df(pred, label).iloc[::-1].set_axis(["Sensitivity", "Specificity"])
 
@@ -110,92 +325,208 @@ def sens_spec_df_background_kept(pred, label):
     return table
 
 
-def standardize_whole_channel(image):
-    mean, std = image.mean(axis=(0, 1, 2)), image.std(axis=(0, 1, 2))
-    return (image - mean) / np.where(std > 0, std, 1)
+def sens_spec_df_not_rounded(pred, label):
+    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=public_tests.CLASS_NAMES,
+                         dtype=float)
+    for i, name in enumerate(public_tests.CLASS_NAMES):
+        table.loc["Sensitivity", name], table.loc["Specificity", name] = \
+            metrics.compute_class_sens_spec(pred, label, i)
+    return table
 
 
-def standardize_divides_by_zero(image):
-    return (image - image.mean(axis=(0, 1), keepdims=True)) / image.std(axis=(0, 1), keepdims=True)
+# ----------------------------------------------------------------------------- 05
 
 
-def standardize_x_slices(image):
-    mean, std = image.mean(axis=(1, 2), keepdims=True), image.std(axis=(1, 2), keepdims=True)
-    return (image - mean) / np.where(std > 0, std, 1)
+def step_variant(training=True, axis=(0, 1, 2, 3), apply=True, sign=1.0, after=False,
+                 reduce=True):
+    def train_step(model, optimizer, x, y):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            p = model(x, training=training)
+            loss = metrics.soft_dice_loss(y, p, axis=axis) if reduce else 1 - (
+                2 * tf.reduce_sum(y * p, axis=(1, 2, 3)) + 1e-5) / (
+                tf.reduce_sum(y * y + p * p, axis=(1, 2, 3)) + 1e-5)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        if apply:
+            optimizer.apply_gradients((sign * g, v) for g, v in zip(gradients,
+                                                                    model.trainable_variables))
+        if after:
+            return metrics.soft_dice_loss(y, model(x, training=True), axis=axis)
+        return loss
+    return train_step
 
 
-def standardize_in_place(image):
-    image[...] = patches.standardize(image)
-    return image
+# ----------------------------------------------------------------------------- 06
 
 
-def sub_volume_channels_first(image, label, **kwargs):
-    X, y = patches.get_sub_volume(image, label, **kwargs)
-    return np.moveaxis(X, -1, 0), np.moveaxis(y, -1, 0)
+def starts_without_last(length, window, overlap):
+    stride = max(1, int(window * (1 - overlap)))
+    return list(range(0, max(length - window, 0) + 1, stride))
 
 
-def sub_volume_background_kept(image, label, **kwargs):
-    X, y = patches.get_sub_volume(image, label, **kwargs)
-    return X, np.concatenate([1 - y.sum(-1, keepdims=True), y], -1)[..., :3]
+def starts_last_twice(length, window, overlap):
+    if length <= window:
+        return [0]
+    stride = max(1, int(window * (1 - overlap)))
+    return list(range(0, length - window + 1, stride)) + [length - window]
 
 
-def sub_volume_label_off_by_one(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
-                                output_y=160, output_z=16, num_classes=4, max_tries=1000,
-                                background_threshold=0.95):
-    for _ in range(max_tries):
-        x, y, z = (np.random.randint(0, o - w) for o, w in ((orig_x, output_x), (orig_y, output_y),
-                                                             (orig_z, output_z)))
-        window = label[x + 1:x + 1 + output_x, y:y + output_y, z:z + output_z]
-        if window.shape[0] == output_x and np.mean(window == 0) < background_threshold:
-            X = image[x:x + output_x, y:y + output_y, z:z + output_z]
-            return X, patches.one_hot(window, num_classes)
-    return None
+def starts_stride_is_overlap(length, window, overlap):
+    return inference.window_starts(length, window, 1 - overlap if overlap else 0.0)
 
 
-def sub_volume_ignores_threshold(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
-                                 output_y=160, output_z=16, num_classes=4, **_):
-    x, y, z = (np.random.randint(0, o - w + 1) for o, w in ((orig_x, output_x), (orig_y, output_y),
-                                                             (orig_z, output_z)))
-    box = (slice(x, x + output_x), slice(y, y + output_y), slice(z, z + output_z))
-    return image[box], patches.one_hot(label[box], num_classes)
+def starts_rounded_stride(length, window, overlap):
+    if length <= window:
+        return [0]
+    stride = max(1, round(window * (1 - overlap)))
+    return list(range(0, length - window, stride)) + [length - window]
+
+
+def starts_short_axis_negative(length, window, overlap):
+    stride = max(1, int(window * (1 - overlap)))
+    return list(range(0, length - window, stride)) + [length - window]
+
+
+def starts_endless(length, window, overlap):
+    starts, start = [], 0
+    stride = int(window * (1 - overlap))
+    while start < length - window:
+        starts.append(start)
+        start += stride
+    return starts + [max(length - window, 0)]
+
+
+def label_map_inclusive(probabilities, threshold=0.5):
+    best = np.argmax(probabilities, axis=-1) + 1
+    return np.where(probabilities.max(axis=-1) >= threshold, best, 0).astype(np.uint8)
+
+
+def label_map_no_plus_one(probabilities, threshold=0.5):
+    best = np.argmax(probabilities, axis=-1)
+    return np.where(probabilities.max(axis=-1) > threshold, best, 0).astype(np.uint8)
+
+
+def label_map_last_wins(probabilities, threshold=0.5):
+    label = np.zeros(probabilities.shape[:-1], np.uint8)
+    for channel in range(3):
+        label[probabilities[..., channel] > threshold] = channel + 1
+    return label
+
+
+def label_map_fixed_threshold(probabilities, threshold=0.5):
+    return inference.to_label_map(probabilities, 0.5)
+
+
+def label_map_int64(probabilities, threshold=0.5):
+    return inference.to_label_map(probabilities, threshold).astype(np.int64)
 
 
 WRONG = [
-    ("single_class_dice_coefficient", dice_eps_numerator_only),
-    ("single_class_dice_coefficient", dice_eps_denominator_only),
-    ("single_class_dice_coefficient", dice_with_squares),
-    ("dice_coefficient", mean_dice_channels_first),
-    ("dice_coefficient", mean_dice_pooled),
-    ("soft_dice_loss", loss_no_squares),
-    ("soft_dice_loss", loss_eps_once),
-    ("soft_dice_loss", loss_returns_dice),
-    ("compute_class_sens_spec", sens_spec_precision),
-    ("compute_class_sens_spec", sens_spec_channels_first),
-    ("compute_class_sens_spec", sens_spec_npv),
-    ("get_sens_spec_df", sens_spec_df_swapped_rows),
-    ("get_sens_spec_df", sens_spec_df_wrong_columns),
-    ("get_sens_spec_df", sens_spec_df_background_kept),
-    ("standardize", standardize_whole_channel),
-    ("standardize", standardize_divides_by_zero),
-    ("standardize", standardize_x_slices),
-    ("standardize", standardize_in_place),
-    ("get_sub_volume", sub_volume_channels_first),
-    ("get_sub_volume", sub_volume_background_kept),
-    ("get_sub_volume", sub_volume_label_off_by_one),
-    ("get_sub_volume", sub_volume_ignores_threshold),
+    ("voxels_per_class", voxels_unique, "One count per class"),
+    ("voxels_per_class", voxels_first_slice, "all z-slices"),
+    ("voxels_per_class", voxels_bincount_no_minlength, "minlength"),
+    ("voxels_per_class", voxels_no_background, "in order 0 (background)"),
+    ("voxels_per_class", voxels_skeleton, "Is a None from the skeleton still there?"),
+    ("standardize", standardize_whole_channel, "each channel of each z-slice"),
+    ("standardize", standardize_divides_by_zero, "NaN or Inf"),
+    ("standardize", standardize_x_slices, "image[:, :, z, c]"),
+    ("standardize", standardize_in_place, "was modified"),
+    ("standardize", standardize_zeros_like, "np.zeros_like"),
+    ("get_sub_volume", sub_volume_channels_first, "channels last"),
+    ("get_sub_volume", sub_volume_background_kept, "without background"),
+    ("get_sub_volume", sub_volume_label_off_by_one, "one-hot label of X's window"),
+    ("get_sub_volume", sub_volume_ignores_threshold, "not below background_threshold"),
+    ("get_sub_volume", sub_volume_corner_off_by_one, "orig_x - output_x + 1"),
+    ("get_sub_volume", sub_volume_threshold_inclusive, "(<, not <=)"),
+    ("get_sub_volume", sub_volume_endless_loop, "did not finish within"),
+    ("unet_model_3d", unet_variant(skip=False), "Concatenate"),
+    ("unet_model_3d", unet_variant(output="softmax"), "sigmoid"),
+    ("unet_model_3d", unet_variant(pool_last=True), "MaxPooling3D"),
+    ("unet_model_3d", unet_variant(doubling=False), "parameters"),
+    ("unet_model_3d", unet_variant(fixed_depth=4), "depth=3"),
+    ("unet_model_3d", unet_variant(batch_norm=False), "BatchNormalization"),
+    ("single_class_dice_coefficient", dice_eps_numerator_only, "epsilon"),
+    ("single_class_dice_coefficient", dice_eps_denominator_only, "epsilon"),
+    ("single_class_dice_coefficient", dice_with_squares, "no squares"),
+    ("single_class_dice_coefficient", dice_ignores_axis, "axis=(1, 2, 3)"),
+    ("single_class_dice_coefficient", dice_xy_only, "covers x, y and z"),
+    ("single_class_dice_coefficient", dice_sums_everything, "axis=(1, 2, 3)"),
+    ("dice_coefficient", mean_dice_channels_first, "mean over classes"),
+    ("dice_coefficient", mean_dice_pooled, "mean over classes"),
+    ("dice_coefficient", mean_dice_ignores_axis, "axis=(1, 2, 3)"),
+    ("dice_coefficient", mean_dice_sums_classes, "mean over classes"),
+    ("soft_dice_loss", loss_no_squares, "squares in the denominator"),
+    ("soft_dice_loss", loss_eps_once, "eps in both places"),
+    ("soft_dice_loss", loss_returns_dice, "Loss = 1 - mean"),
+    ("soft_dice_loss", loss_ignores_axis, "axis=(1, 2, 3)"),
+    ("compute_class_sens_spec", sens_spec_precision, "not precision"),
+    ("compute_class_sens_spec", sens_spec_channels_first, "last axis"),
+    ("compute_class_sens_spec", sens_spec_npv, "not TN / (TN + FN)"),
+    ("compute_class_sens_spec", sens_spec_python_division, "ZeroDivisionError"),
+    ("get_sens_spec_df", sens_spec_df_swapped_rows, "compute_class_sens_spec"),
+    ("get_sens_spec_df", sens_spec_df_wrong_columns, "columns should be"),
+    ("get_sens_spec_df", sens_spec_df_background_kept, "class_num 0, 1, 2"),
+    ("get_sens_spec_df", sens_spec_df_not_rounded, "rounded to 4 decimals"),
+    ("train_step", step_variant(training=False), "training=True"),
+    ("train_step", step_variant(axis=(1, 2, 3)), "axis=(0, 1, 2, 3)"),
+    ("train_step", step_variant(apply=False), "apply the gradients"),
+    ("train_step", step_variant(sign=-1.0), "down the gradient"),
+    ("train_step", step_variant(after=True), "before apply_gradients"),
+    ("train_step", step_variant(reduce=False), "one number for the batch"),
+    ("window_starts", starts_without_last, "last window must end at the last voxel"),
+    ("window_starts", starts_last_twice, "each start once"),
+    ("window_starts", starts_stride_is_overlap, "stride is max(1, int(window * (1 - overlap)))"),
+    ("window_starts", starts_rounded_stride, "int(window * (1 - overlap))"),
+    ("window_starts", starts_short_axis_negative, "one window, at 0"),
+    ("window_starts", starts_endless, "did not finish within"),
+    ("to_label_map", label_map_inclusive, "(>, not >=)"),
+    ("to_label_map", label_map_no_plus_one, "add 1"),
+    ("to_label_map", label_map_last_wins, "highest probability"),
+    ("to_label_map", label_map_fixed_threshold, "threshold argument"),
+    ("to_label_map", label_map_int64, "uint8"),
 ]
 
 
-@pytest.mark.parametrize("exercise, wrong", WRONG, ids=[w.__name__ for _, w in WRONG])
-def test_wrong_versions_fail_with_a_message(exercise, wrong):
+def _name(wrong) -> str:
+    return getattr(wrong, "__qualname__", repr(wrong))
+
+
+@pytest.mark.parametrize("exercise, wrong, says", WRONG,
+                         ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(WRONG)])
+def test_wrong_versions_fail_with_a_message(exercise, wrong, says, monkeypatch):
+    monkeypatch.setattr(public_tests, "TIME_LIMIT", 2.0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(AssertionError) as caught:
             getattr(public_tests, f"test_{exercise}")(wrong)
     message = str(caught.value)
-    assert message.startswith(f"{exercise}:") and len(message) > len(exercise) + 20, message
+    assert message.startswith(f"{exercise}:"), message
+    assert says in message, message
+
+
+def test_every_exercise_has_wrong_versions():
+    assert {exercise for exercise, _, _ in WRONG} == set(LIBRARY)
 
 
 def test_failure_message_says_expected_and_got():
     with pytest.raises(AssertionError, match=r"expected 0\.4286, got 0\.5000"):
         public_tests.test_soft_dice_loss(loss_no_squares)
+
+
+def test_a_hang_in_another_thread_also_stops(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(public_tests, "TIME_LIMIT", 1.0)
+    caught = {}
+
+    def run():
+        try:
+            public_tests.test_window_starts(starts_endless)
+        except AssertionError as error:
+            caught["message"] = str(error)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(10)
+    assert "did not finish within 1 seconds" in caught["message"]

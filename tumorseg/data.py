@@ -342,3 +342,17 @@ def dataset_table(root: str | os.PathLike, progress: bool = False):
                      "spacing": voxel_spacing(case), "background": counts[0],
                      "edema": counts[1], "non-enhancing": counts[2], "enhancing": counts[3]})
     return pd.DataFrame(rows)
+
+
+def voxels_per_class(label: np.ndarray, num_classes: int = 4) -> np.ndarray:
+    """How many voxels carry each label value.
+
+    Args:
+        label: integer label map ``(x, y, z)`` with values 0 .. num_classes-1.
+        num_classes: classes including background (4: background, edema, non-enhancing,
+            enhancing).
+
+    Returns:
+        int64 ``(num_classes,)``: the count of value 0, 1, ... (0 for a value that is absent).
+    """
+    return np.bincount(np.asarray(label).ravel(), minlength=num_classes)[:num_classes].astype(np.int64)

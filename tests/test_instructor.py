@@ -1,0 +1,98 @@
+"""`make student` writes the learner version through nbgrader, and `make grade` autogrades
+learners' folders into grades.csv: the solution notebooks get full marks, the unsolved learner
+version zero with one message per exercise."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import public_tests
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+pytestmark = pytest.mark.slow
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("student")
+    make("student", f"STUDENT_DIR={out}")
+    return out
+
+
+def test_make_student_writes_skeletons_with_nbgrader_metadata(student):
+    names = sorted(p.name for p in student.iterdir())
+    assert names == sorted([p.name for p in NOTEBOOKS.glob("0*.ipynb")] +
+                           ["public_tests.py", "util.py"])
+    graded, solutions = set(), set()
+    for path in student.glob("*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            meta = cell["metadata"].get("nbgrader", {})
+            source = "".join(cell["source"])
+            if meta.get("solution"):
+                solutions.add(meta["grade_id"])
+                assert "REPLACE INSTANCES OF 'None'" in source and "None" in source
+                assert "skeleton" not in cell["metadata"]
+                compile(source.replace("%matplotlib inline", ""), path.name, "exec")  # valid Python
+            if meta.get("grade"):
+                graded.add(meta["grade_id"].removeprefix("test_"))
+                assert meta["points"] > 0 and meta["locked"] and meta.get("checksum")
+            assert not cell.get("outputs")
+    assert graded == set(public_tests.EXERCISES)
+    assert set(public_tests.EXERCISES) <= solutions
+
+
+@pytest.fixture(scope="module")
+def grades(student, tmp_path_factory) -> list[dict]:
+    submissions = tmp_path_factory.mktemp("submissions")
+    shutil.copytree(student, submissions / "unsolved", ignore=shutil.ignore_patterns("*.py"))
+    (submissions / "solved").mkdir()
+    for path in NOTEBOOKS.glob("0*.ipynb"):
+        shutil.copy(path, submissions / "solved" / path.name)
+    make("grade", f"SUBMISSIONS={submissions}")
+    with (submissions / "grades.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_solution_notebooks_get_full_marks(grades):
+    rows = [row for row in grades if row["learner"] == "solved"]
+    assert {row["exercise"] for row in rows} == set(public_tests.EXERCISES)
+    for row in rows:
+        assert float(row["points"]) == float(row["max_points"]) > 0, row
+        assert row["message"] == "", row
+        assert row["notebook"] == public_tests.EXERCISES[row["exercise"]]
+
+
+def test_unsolved_learner_version_gets_zero_with_one_message_each(grades):
+    rows = [row for row in grades if row["learner"] == "unsolved"]
+    assert len(rows) == len(public_tests.EXERCISES)
+    for row in rows:
+        assert float(row["points"]) == 0, row
+        assert row["message"].startswith(f"AssertionError: {row['exercise']}:"), row
+        assert "\n" not in row["message"]
+
+
+@pytest.mark.parametrize("make_folder, says", [(True, "no learner folders"),
+                                               (False, "no such folder of submissions")])
+def test_grade_bad_submissions_folder_is_one_line(tmp_path, make_folder, says):
+    import sys
+
+    folder = tmp_path / "submissions"
+    if make_folder:
+        folder.mkdir()
+    failed = subprocess.run([sys.executable, str(NOTEBOOKS / "instructor.py"), "grade",
+                             str(folder)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().startswith(f"{folder}: {says}")
+    assert "\n" not in failed.stderr.strip()
