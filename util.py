@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg.data import CHANNELS
-from tumorseg.figures import LABEL_COLOURS, legend_handles, normalise, overlay, to_display
-
-PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+from tumorseg.figures import LABEL_COLOURS, PLANES, legend_handles, normalise, overlay, to_display
 
 
 def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """The 2-D slice ``index`` of ``volume`` (first three axes x, y, z) in ``plane``, turned
-    for display (anterior up in axial views, superior up in the others)."""
+    """The 2-D slice ``index`` of ``volume`` (first three axes x, y, z in BraTS voxel order
+    L, P, S) in ``plane``, turned for display as 3D Slicer and ITK-SNAP show it: front of the
+    head at the top of axial views, top of the head at the top of the others, the patient's
+    left on the image's right (see :func:`tumorseg.figures.to_display`)."""
     axis = PLANES[plane]
-    return to_display(np.take(volume, index, axis=axis))
+    return to_display(np.take(volume, index, axis=axis), plane)
 
 
 def render_png(grey: np.ndarray, label: np.ndarray | None = None, opacity: float = 0.5,

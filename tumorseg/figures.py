@@ -12,13 +12,34 @@ from .data import CHANNELS
 LABEL_COLOURS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
 
 
-def to_display(slice_2d: np.ndarray) -> np.ndarray:
-    """A 2-D ``(x, y)`` array turned for display: rows = y from front to back, columns = x."""
-    return np.rot90(slice_2d)
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def to_display(slice_2d: np.ndarray, plane: str = "axial") -> np.ndarray:
+    """A 2-D slice of a volume in BraTS voxel order (L, P, S) turned for display, the way
+    3D Slicer and ITK-SNAP show it by default (radiological convention).
+
+    slice_2d: ``(x, y, ...)`` for ``plane="axial"``, ``(x, z, ...)`` coronal, ``(y, z, ...)``
+    sagittal; trailing axes (e.g. RGB) are kept. Returns ``(rows, columns, ...)``:
+
+    * axial: the front of the head at the top, the patient's left on the image's right;
+    * coronal: the top of the head at the top, the patient's left on the image's right;
+    * sagittal: the top of the head at the top, the front of the head on the left.
+
+    MSD Task01 files hold the same voxels under an identity header and show the same way.
+    """
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {list(PLANES)}, not {plane!r}")
+    turned = np.swapaxes(slice_2d, 0, 1)  # rows follow the second voxel axis, columns the first
+    return turned if plane == "axial" else turned[::-1]
 
 
 def normalise(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Intensities of ``image`` mapped to 0..1 between percentiles of its non-zero voxels."""
+    """Intensities of ``image`` mapped to 0..1 between percentiles of its non-zero voxels.
+
+    Real scans carry heavy tails (a few very bright vessels) and small negative values from
+    registration: percentiles of the brain's voxels (non-zero) ignore both, and the result is
+    clipped to 0..1, so neither the zero background nor the tails set the grey scale."""
     values = image[image != 0]
     if values.size == 0:
         return np.zeros_like(image, dtype=np.float32)
