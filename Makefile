@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic
 HELD_OUT := data/synthetic-test
 RUN := runs/cpu
-CASES ?= 24
+CASES ?= 32
 
 .PHONY: run test bench assets lab student chromium clean
 STUDENT_DIR ?= student

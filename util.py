@@ -14,6 +14,7 @@ import numpy as np
 
 from tumorseg.data import CHANNELS
 from tumorseg.figures import LABEL_COLOURS, PLANES, legend_handles, normalise, overlay, to_display
+from tumorseg.figures import take_slice as figures_take_slice
 
 
 def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
@@ -21,8 +22,7 @@ def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     L, P, S) in ``plane``, turned for display as 3D Slicer and ITK-SNAP show it: front of the
     head at the top of axial views, top of the head at the top of the others, the patient's
     left on the image's right (see :func:`tumorseg.figures.to_display`)."""
-    axis = PLANES[plane]
-    return to_display(np.take(volume, index, axis=axis), plane)
+    return figures_take_slice(volume, plane, index)
 
 
 def render_png(grey: np.ndarray, label: np.ndarray | None = None, opacity: float = 0.5,

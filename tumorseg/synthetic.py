@@ -118,6 +118,32 @@ SHIFTED = Randomisation(
     deformation=(5.0, 6.0),
     scale=(5000.0, 12000.0))
 GENERATORS = {"default": DEFAULT, "shifted": SHIFTED}
+# Every randomisation at a fixed, quiet value: the figure changes one at a time from here.
+FIXED = Randomisation(
+    contrast=(0.0, 0.0), gamma=(0.0, 0.0), bias=(0.0, 0.0), noise=(0.01, 0.01), blur=(0.0, 0.0),
+    thick_slice_chance=0.0, slice_thickness=(5, 5), texture=(0.0, 0.0), tumour_texture=(0.0, 0.0),
+    radius=(14.0, 14.0), foci=(1, 1), irregularity=(0.1, 0.1), cyst_chance=0.0,
+    enhancing_chance=1.0, mass_effect=(0.0, 0.0), vessels=(0.0, 0.0), deformation=(0.0, 0.0),
+    scale=(1000.0, 1000.0))
+# What the figure shows, one randomisation at a time (name -> changes to FIXED).
+SHOWCASE = {
+    "fixed": {},
+    "contrast": {"contrast": (0.35, 0.35)},
+    "gamma": {"gamma": (0.35, 0.35)},
+    "bias field": {"bias": (0.3, 0.3)},
+    "noise": {"noise": (0.05, 0.05)},
+    "blur": {"blur": (1.0, 1.0)},
+    "thick slices": {"thick_slice_chance": 1.0},
+    "texture": {"texture": (0.08, 0.08), "tumour_texture": (0.15, 0.15)},
+    "deformation": {"deformation": (5.0, 5.0)},
+    "mass effect": {"mass_effect": (0.4, 0.4)},
+    "irregular border": {"irregularity": (0.35, 0.35)},
+    "several foci": {"foci": (3, 3)},
+    "cystic core": {"cyst_chance": 1.0},
+    "no enhancement": {"enhancing_chance": 0.0},
+    "vessels (T1gd)": {"vessels": (0.6, 0.6)},
+    "shifted (bench)": None,
+}
 
 
 def _two_sided(rng: np.random.Generator, bounds: tuple[float, float], size=None) -> np.ndarray:
@@ -315,12 +341,11 @@ def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Gener
     tumour = inside(1.0)
     enhances = rng.random() < randomisation.enhancing_chance
     has_core = rng.random() < (0.8 if enhances else 0.3)
-    core = inside(rng.uniform(0.45, 0.8)) if has_core else np.zeros_like(tumour)
+    core_size = rng.uniform(0.45, 0.8)
+    core = inside(core_size) if has_core else np.zeros_like(tumour)
     cystic = rng.random() < randomisation.cyst_chance
-    if enhances:
-        share = np.clip(smooth_field(box_shape, max(4.0, radius), rng) + rng.uniform(0.5, 1.3), 0, 1)
-    else:
-        share = 0.0
+    share = np.clip(smooth_field(box_shape, max(4.0, radius), rng) + rng.uniform(0.5, 1.3), 0, 1)
+    share = share if enhances else 0.0
     enhancing = (tumour - core) * share
     non_enhancing = tumour - core - enhancing
 
@@ -413,11 +438,13 @@ def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = 
         sigma = rng.uniform(*randomisation.blur, 3)
         if sigma.max() > 0.2:
             signal = ndimage.gaussian_filter(signal, sigma)
-        if rng.random() < randomisation.thick_slice_chance:
-            axis = 2 if rng.random() < 0.6 else int(rng.integers(2))
-            thickness = int(rng.integers(randomisation.slice_thickness[0],
-                                         randomisation.slice_thickness[1] + 1))
-            signal = thick_slices(signal, axis, thickness, int(rng.integers(thickness)))
+        thick = rng.random() < randomisation.thick_slice_chance  # every draw made either way
+        axis = 2 if rng.random() < 0.6 else int(rng.integers(2))
+        thickness = int(rng.integers(randomisation.slice_thickness[0],
+                                     randomisation.slice_thickness[1] + 1))
+        phase = int(rng.integers(thickness))
+        if thick:
+            signal = thick_slices(signal, axis, thickness, phase)
         signal = signal * bias_field(box_shape, rng.uniform(*randomisation.bias), rng)
         noise = rng.uniform(*randomisation.noise)
         noisy = np.hypot(signal + noise * rng.standard_normal(box_shape, np.float32),
