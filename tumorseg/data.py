@@ -280,6 +280,28 @@ def load_label(path: str | os.PathLike, layout: Layout | str = MSD) -> np.ndarra
     return np.ascontiguousarray(lookup[values])
 
 
+def clip_intensities(image: np.ndarray, upper_percentile: float = 99.9) -> np.ndarray:
+    """Real scans' intensities made sane for a network: each channel's brain voxels clipped to
+    ``[0, its upper_percentile]``.
+
+    Registration and resampling leave small negative values inside the brain, and a few voxels
+    (vessels, fat, artefacts) are many times brighter than tissue. The brain is the voxels non-zero
+    in any channel (BraTS and MSD files are zero outside the skull-stripped brain); the background
+    stays exactly zero, so the brain box and the viewers still find the brain.
+
+    image: ``(x, y, z, C)``. Returns a new float32 array of the same shape.
+    """
+    image = np.array(image, dtype=np.float32)
+    brain = np.any(image != 0, axis=-1)
+    if not brain.any():
+        return image
+    for channel in range(image.shape[-1]):
+        values = image[..., channel][brain]
+        top = float(np.percentile(values, upper_percentile))
+        image[..., channel][brain] = np.clip(values, 0, max(top, 0))
+    return image
+
+
 def voxel_spacing(case: Case) -> tuple[float, float, float]:
     """Voxel size in millimetres along x, y, z."""
     return tuple(float(s) for s in nib.load(case.reference).header.get_zooms()[:3])

@@ -265,9 +265,10 @@ class CachedCase:
 
 
 def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -> CachedCase:
-    """Load ``case`` once, crop it to its brain, save it as .npy under ``cache_dir`` (atomically)
+    """Load ``case`` once, crop it to its brain, clip its intensities
+    (:func:`tumorseg.data.clip_intensities`), save it as .npy under ``cache_dir`` (atomically)
     and return memory-mapped views. A complete cache is reused."""
-    from .data import atomic_path, load_case
+    from .data import atomic_path, clip_intensities, load_case
 
     cache_dir = Path(cache_dir)
     paths = {part: cache_dir / f"{case.id}.{part}.npy" for part in ("image", "label", "tumour")}
@@ -278,7 +279,8 @@ def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -
 
             raise InputError(case.reference, "training needs a label for every case")
         box = brain_box(image, patch_shape)
-        arrays = {"image": pad_to(image[box], patch_shape), "label": pad_to(label[box], patch_shape)}
+        image = clip_intensities(image[box])
+        arrays = {"image": pad_to(image, patch_shape), "label": pad_to(label[box], patch_shape)}
         arrays["tumour"] = np.flatnonzero(arrays["label"])
         for part in ("tumour", "label", "image"):  # image last: its presence marks completeness
             with atomic_path(paths[part]) as tmp:
