@@ -190,7 +190,7 @@ def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tumorseg.figures import draw_unet, plot_case, plot_history
+    from tumorseg.figures import draw_unet, plot_case, plot_history, plot_randomisations
     from tumorseg.patches import get_sub_volume, standardize
     from tumorseg.synthetic import synthesize_case
 
@@ -201,6 +201,7 @@ def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",
         "synthetic_case.png": plot_case(image, label, title="synthetic phantom case (seed 0, case 3)"),
         "image_grid.png": plot_image_grid(image, label),
         "unet.png": draw_unet(),
+        "randomisations.png": plot_randomisations(),
     }
     np.random.seed(0)
     X, y = get_sub_volume(image, label)
