@@ -10,7 +10,10 @@ Three layouts are read:
 Whatever the layout, :func:`load_case` returns a channels-last float32 image ``(x, y, z, 4)``
 (FLAIR, T1, T1gd, T2, with the file's scaling applied) and a uint8 label ``(x, y, z)`` in the
 seed's values: 0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour.
-Both are C-contiguous. Arrays stay in the file's voxel order (no reorientation).
+Both are C-contiguous. Arrays stay in the file's voxel order (no reorientation): BraTS files and
+the synthetic phantoms are L, P, S (``nibabel.aff2axcodes``); MSD Task01 holds the same voxels
+under an identity header. Values are the stored ones; :func:`clip_intensities` tames the negative
+values and bright tails of real scans where a network will see them (training caches).
 
 Every problem with an input raises :class:`~tumorseg.errors.InputError` naming the file.
 """
