@@ -196,9 +196,9 @@ def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",
 
     folder, run = Path(folder), Path(run)
     folder.mkdir(parents=True, exist_ok=True)
-    image, label = synthesize_case(seed=0, index=2)
+    image, label = synthesize_case(seed=0, index=3)
     figures = {
-        "synthetic_case.png": plot_case(image, label, title="synthetic phantom case (seed 0, case 3)"),
+        "synthetic_case.png": plot_case(image, label, title="synthetic phantom case (seed 0, case 4)"),
         "image_grid.png": plot_image_grid(image, label),
         "unet.png": draw_unet(),
         "randomisations.png": plot_randomisations(),
