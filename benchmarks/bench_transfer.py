@@ -98,7 +98,7 @@ def report_transfer(r: dict) -> list[tuple[str, str, str]]:
     if "missing" in r:
         return [(f"transfer: {r['run']}", r["missing"], "")]
     lines = []
-    for generator, what in (("default", "training generator"), ("shifted", "shifted generator")):
+    for generator, what in (("default", "default (training) generator"), ("shifted", "shifted generator")):
         lines.append((f"{r['run']} held-out Dice, {what} ({r['held_out_cases']} cases)",
                       " ".join(f"{k} {r[f'{generator}_dice_{k}']:.3f}" for k in ("WT", "TC", "ET")),
                       ""))
