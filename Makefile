@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic
 HELD_OUT := data/synthetic-test
 RUN := runs/cpu
-CASES ?= 24
+CASES ?= 32
 TIME_LIMIT ?= 15
 
 .PHONY: run test bench assets lab student grade chromium clean

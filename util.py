@@ -17,16 +17,16 @@ from types import SimpleNamespace
 import numpy as np
 
 from tumorseg.data import CHANNELS
-from tumorseg.figures import LABEL_COLOURS, legend_handles, normalise, overlay, to_display
-
-PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+from tumorseg.figures import LABEL_COLOURS, PLANES, legend_handles, normalise, overlay, to_display
+from tumorseg.figures import take_slice as figures_take_slice
 
 
 def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """The 2-D slice ``index`` of ``volume`` (first three axes x, y, z) in ``plane``, turned
-    for display (anterior up in axial views, superior up in the others)."""
-    axis = PLANES[plane]
-    return to_display(np.take(volume, index, axis=axis))
+    """The 2-D slice ``index`` of ``volume`` (first three axes x, y, z in BraTS voxel order
+    L, P, S) in ``plane``, turned for display as 3D Slicer and ITK-SNAP show it: front of the
+    head at the top of axial views, top of the head at the top of the others, the patient's
+    left on the image's right (see :func:`tumorseg.figures.to_display`)."""
+    return figures_take_slice(volume, plane, index)
 
 
 def render_png(grey: np.ndarray, label: np.ndarray | None = None, opacity: float = 0.5,
@@ -361,17 +361,18 @@ def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tumorseg.figures import draw_unet, plot_case, plot_history
+    from tumorseg.figures import draw_unet, plot_case, plot_history, plot_randomisations
     from tumorseg.patches import get_sub_volume, standardize
     from tumorseg.synthetic import synthesize_case
 
     folder, run = Path(folder), Path(run)
     folder.mkdir(parents=True, exist_ok=True)
-    image, label = synthesize_case(seed=0, index=2)
+    image, label = synthesize_case(seed=0, index=3)
     figures = {
-        "synthetic_case.png": plot_case(image, label, title="synthetic phantom case (seed 0, case 3)"),
+        "synthetic_case.png": plot_case(image, label, title="synthetic phantom case (seed 0, case 4)"),
         "image_grid.png": plot_image_grid(image, label),
         "unet.png": draw_unet(),
+        "randomisations.png": plot_randomisations(),
     }
     np.random.seed(0)
     X, y = get_sub_volume(image, label)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_inference, bench_model, bench_patches, bench_viewer
+from . import bench_inference, bench_model, bench_patches, bench_transfer, bench_viewer
 
 BENCHMARKS = {
     "patches": (bench_patches.sampling, bench_patches.report_sampling),
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "flops": (bench_model.flops, bench_model.report_flops),
     "viewer": (bench_viewer.viewer, bench_viewer.report_viewer),
     "inference": (bench_inference.inference, bench_inference.report_inference),
+    "transfer": (bench_transfer.transfer, bench_transfer.report_transfer),
 }
 
 

@@ -188,3 +188,36 @@ def test_label_values_outside_the_layout(tmp_path, brats2021_dir):
 def test_fractional_label_values(tmp_path):
     path = write_nifti(tmp_path / "seg.nii.gz", small_label().astype(np.float32) * 0.5)
     expect_error(lambda: load_label(path), "seg.nii.gz", "must be integers")
+
+
+def test_clip_intensities_handles_negative_values_and_heavy_tails():
+    from tumorseg.data import clip_intensities
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((30, 30, 20, 4), np.float32)
+    image[5:25, 5:25, 2:18] = rng.normal(1000, 100, (20, 20, 16, 4))
+    image[6, 6, 6, 2] = 50_000  # a vessel many times brighter than tissue
+    image[7, 7, 7, 0] = -40  # a registration undershoot inside the brain
+    original = image.copy()
+    clipped = clip_intensities(image)
+    np.testing.assert_array_equal(image, original)
+    assert clipped.dtype == np.float32 and clipped.shape == image.shape
+    assert clipped[7, 7, 7, 0] == 0 and clipped.min() == 0
+    assert clipped[6, 6, 6, 2] < 1500
+    brain = np.any(image != 0, axis=-1)
+    assert not clipped[~brain].any()
+    typical = (image[..., 1] > 800) & (image[..., 1] < 1200)
+    np.testing.assert_array_equal(clipped[..., 1][typical], image[..., 1][typical])
+
+
+def test_viewer_grey_scale_ignores_the_background_and_the_tails():
+    from tumorseg.figures import normalise
+
+    rng = np.random.default_rng(1)
+    volume = np.zeros((40, 40, 10), np.float32)
+    volume[5:35, 5:35] = rng.normal(1000, 100, (30, 30, 10))
+    volume[10, 10, 5] = 80_000
+    volume[11, 11, 5] = -300
+    grey = normalise(volume)
+    assert grey.min() == 0 and grey.max() == 1 and grey[0, 0, 0] == 0
+    assert 0.3 < np.median(grey[5:35, 5:35]) < 0.7  # tissue spans the grey scale

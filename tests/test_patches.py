@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,14 +130,31 @@ def test_augment_switches():
     np.testing.assert_array_equal(same_y, y)
     flips = 0
     for _ in range(20):
-        ax, ay = patches.augment(x, y, rng, patches.Augmentation(scale=0, shift=0, noise=0))
+        ax, ay = patches.augment(x, y, rng, replace(patches.NO_AUGMENTATION, flip=True))
         flipped = np.array_equal(ax, x[::-1])
         assert flipped or np.array_equal(ax, x)
         np.testing.assert_array_equal(ay, y[::-1] if flipped else y)
         flips += flipped
     assert 0 < flips < 20
-    noisy, _ = patches.augment(x, y, rng, patches.Augmentation(flip=False))
+    noisy, _ = patches.augment(x, y, rng, replace(patches.NO_AUGMENTATION, noise=0.05))
     assert not np.array_equal(noisy, x) and np.abs(noisy - x).max() < 1.0
+
+
+@pytest.mark.parametrize("name, value", [("scale", 0.1), ("shift", 0.1), ("noise", 0.05),
+                                         ("gamma", 0.3), ("bias", 0.2), ("blur", 0.8)])
+def test_each_augmentation_is_seeded_and_keeps_the_background(name, value):
+    rng = np.random.default_rng(0)
+    x = np.full((16, 16, 8, 2), -5.0, np.float32)  # background at the minimum
+    x[3:13, 3:13] = rng.standard_normal((10, 10, 8, 2))
+    y = np.zeros((16, 16, 8, 3), np.float32)
+    setting = replace(patches.NO_AUGMENTATION, **{name: value})
+    first, _ = patches.augment(x, y, np.random.default_rng([1, 2]), setting)
+    again, _ = patches.augment(x, y, np.random.default_rng([1, 2]), setting)
+    other, _ = patches.augment(x, y, np.random.default_rng([1, 3]), setting)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, x) and not np.array_equal(first, other)
+    if name in ("gamma", "bias"):  # act between each channel's minimum and maximum
+        np.testing.assert_allclose(first[0, 0], x[0, 0])
 
 
 def test_brain_box_and_padding():

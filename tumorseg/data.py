@@ -10,7 +10,10 @@ Three layouts are read:
 Whatever the layout, :func:`load_case` returns a channels-last float32 image ``(x, y, z, 4)``
 (FLAIR, T1, T1gd, T2, with the file's scaling applied) and a uint8 label ``(x, y, z)`` in the
 seed's values: 0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour.
-Both are C-contiguous. Arrays stay in the file's voxel order (no reorientation).
+Both are C-contiguous. Arrays stay in the file's voxel order (no reorientation): BraTS files and
+the synthetic phantoms are L, P, S (``nibabel.aff2axcodes``); MSD Task01 holds the same voxels
+under an identity header. Values are the stored ones; :func:`clip_intensities` tames the negative
+values and bright tails of real scans where a network will see them (training caches).
 
 Every problem with an input raises :class:`~tumorseg.errors.InputError` naming the file.
 """
@@ -278,6 +281,28 @@ def load_label(path: str | os.PathLike, layout: Layout | str = MSD) -> np.ndarra
     for source, target in layout.label_map.items():
         lookup[source] = target
     return np.ascontiguousarray(lookup[values])
+
+
+def clip_intensities(image: np.ndarray, upper_percentile: float = 99.9) -> np.ndarray:
+    """Real scans' intensities made sane for a network: each channel's brain voxels clipped to
+    ``[0, its upper_percentile]``.
+
+    Registration and resampling leave small negative values inside the brain, and a few voxels
+    (vessels, fat, artefacts) are many times brighter than tissue. The brain is the voxels non-zero
+    in any channel (BraTS and MSD files are zero outside the skull-stripped brain); the background
+    stays exactly zero, so the brain box and the viewers still find the brain.
+
+    image: ``(x, y, z, C)``. Returns a new float32 array of the same shape.
+    """
+    image = np.array(image, dtype=np.float32)
+    brain = np.any(image != 0, axis=-1)
+    if not brain.any():
+        return image
+    for channel in range(image.shape[-1]):
+        values = image[..., channel][brain]
+        top = float(np.percentile(values, upper_percentile))
+        image[..., channel][brain] = np.clip(values, 0, max(top, 0))
+    return image
 
 
 def voxel_spacing(case: Case) -> tuple[float, float, float]:

@@ -13,13 +13,40 @@ from .presets import SEED_PATCH_SHAPE
 LABEL_COLOURS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
 
 
-def to_display(slice_2d: np.ndarray) -> np.ndarray:
-    """A 2-D ``(x, y)`` array turned for display: rows = y from front to back, columns = x."""
-    return np.rot90(slice_2d)
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def to_display(slice_2d: np.ndarray, plane: str = "axial") -> np.ndarray:
+    """A 2-D slice of a volume in BraTS voxel order (L, P, S) turned for display, the way
+    3D Slicer and ITK-SNAP show it by default (radiological convention).
+
+    slice_2d: ``(x, y, ...)`` for ``plane="axial"``, ``(x, z, ...)`` coronal, ``(y, z, ...)``
+    sagittal; trailing axes (e.g. RGB) are kept. Returns ``(rows, columns, ...)``:
+
+    * axial: the front of the head at the top, the patient's left on the image's right;
+    * coronal: the top of the head at the top, the patient's left on the image's right;
+    * sagittal: the top of the head at the top, the front of the head on the left.
+
+    MSD Task01 files hold the same voxels under an identity header and show the same way.
+    """
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {list(PLANES)}, not {plane!r}")
+    turned = np.swapaxes(slice_2d, 0, 1)  # rows follow the second voxel axis, columns the first
+    return turned if plane == "axial" else turned[::-1]
+
+
+def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """Slice ``index`` of ``volume`` (first axes x, y, z in L, P, S order) in ``plane``, turned
+    for display by :func:`to_display`."""
+    return to_display(np.take(volume, index, axis=PLANES[plane]), plane)
 
 
 def normalise(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Intensities of ``image`` mapped to 0..1 between percentiles of its non-zero voxels."""
+    """Intensities of ``image`` mapped to 0..1 between percentiles of its non-zero voxels.
+
+    Real scans carry heavy tails (a few very bright vessels) and small negative values from
+    registration: percentiles of the brain's voxels (non-zero) ignore both, and the result is
+    clipped to 0..1, so neither the zero background nor the tails set the grey scale."""
     values = image[image != 0]
     if values.size == 0:
         return np.zeros_like(image, dtype=np.float32)
@@ -135,5 +162,72 @@ def draw_unet(depth: int = 4, n_base_filters: int = 32, patch_shape=SEED_PATCH_S
     ax.text(0, 0.85, "two 3x3x3 conv + ReLU per box (filters; size)   "
                      "red: 2x2x2 max-pool   green: 2x2x2 up-sampling   grey: concatenate",
             fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_prediction(image: np.ndarray, prediction: np.ndarray, title: str | None = None):
+    """T1gd, FLAIR, and the label map on FLAIR in the three planes through the centre of the
+    predicted tumour (the middle of the volume when none is predicted).
+
+    image: ``(x, y, z, 4)``; prediction: uint8 ``(x, y, z)`` in the seed's values.
+    """
+    from matplotlib.figure import Figure
+
+    centre = ([int(np.median(i)) for i in np.nonzero(prediction)] if prediction.any()
+              else [s // 2 for s in prediction.shape])
+    grey = {name: normalise(image[..., CHANNELS.index(name)]) for name in ("T1gd", "FLAIR")}
+    figure = Figure(figsize=(9, 8.4), facecolor="black")
+    axes = figure.subplots(3, 3)
+    for column, plane in enumerate(PLANES):
+        index = centre[PLANES[plane]]
+        rows = (("T1gd", take_slice(grey["T1gd"], plane, index)),
+                ("FLAIR", take_slice(grey["FLAIR"], plane, index)),
+                ("prediction on FLAIR", overlay(take_slice(grey["FLAIR"], plane, index),
+                                                take_slice(prediction, plane, index), 0.5)))
+        for row, (name, picture) in enumerate(rows):
+            axes[row, column].imshow(picture, cmap="gray")
+            axes[row, column].set_title(f"{name}, {plane} {index}", color="white", fontsize=9)
+    for ax in axes.ravel():
+        ax.axis("off")
+    figure.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False,
+                  labelcolor="white")
+    figure.suptitle(title or "prediction", color="white")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    return figure
+
+
+def plot_randomisations(seed: int = 0, index: int = 0):
+    """What each randomisation of the phantom generator does: case ``index`` of ``seed`` made
+    with every randomisation fixed, then with one at a time at the edge of its training range,
+    and from the shifted generator. Each panel: FLAIR axial, FLAIR coronal, T1gd axial through
+    the tumour's centre."""
+    from dataclasses import replace
+
+    from matplotlib.figure import Figure
+
+    from .synthetic import FIXED, SHIFTED, SHOWCASE, synthesize_case
+
+    names = list(SHOWCASE)
+    columns = 4
+    rows = -(-len(names) // columns)
+    figure = Figure(figsize=(4.2 * columns, 1.75 * rows + 0.4), facecolor="black")
+    axes = figure.subplots(rows, columns)
+    for ax, name in zip(axes.ravel(), names):
+        changes = SHOWCASE[name]
+        randomisation = SHIFTED if changes is None else replace(FIXED, **changes)
+        image, label = synthesize_case(seed, index, randomisation)
+        centre = [int(np.median(i)) for i in np.nonzero(label)] if label.any() else [120, 120, 77]
+        flair, t1gd = normalise(image[..., 0]), normalise(image[..., 2])
+        panels = [take_slice(flair, "axial", centre[2]), take_slice(flair, "coronal", centre[1]),
+                  take_slice(t1gd, "axial", centre[2])]
+        height = max(p.shape[0] for p in panels)
+        joined = np.hstack([np.pad(p, ((0, height - p.shape[0]), (0, 2))) for p in panels])
+        ax.imshow(joined, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, color="white", fontsize=10)
+    for ax in axes.ravel():
+        ax.axis("off")
+    figure.suptitle("phantom generator, one randomisation at a time (FLAIR axial, FLAIR coronal, "
+                    "T1gd axial)", color="white")
     figure.tight_layout()
     return figure

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from .data import clip_intensities
 from .patches import brain_box, standardize
 from .presets import DEFAULT_THRESHOLD, PRECISIONS, SEED_PATCH_SHAPE, ModelConfig
 
@@ -186,14 +187,16 @@ def keras_predictor(net, tta: bool = False) -> Callable[[np.ndarray], np.ndarray
 
 def _slide(net, patch_shape, image: np.ndarray, overlap: float, tta: bool, batch_size: int,
            progress: bool) -> np.ndarray:
-    """Probabilities of ``net`` over the brain box of ``image``, zero outside it."""
+    """Probabilities of ``net`` over the brain box of ``image`` (its intensities clipped as for
+    training), zero outside it."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     image = np.asarray(image, dtype=np.float32)
     free = net.input_shape[1] is None
     multiple = 2 ** sum(layer.name.startswith("pool") for layer in net.layers) if free else 1
     box = brain_box(image)
-    inside = sliding_window_inference(image[box], keras_predictor(net, tta), patch_shape,
+    crop = clip_intensities(image[box])  # as training caches each case
+    inside = sliding_window_inference(crop, keras_predictor(net, tta), patch_shape,
                                       overlap, batch_size, stretch=free, multiple=multiple,
                                       progress=progress)
     result = np.zeros(image.shape[:3] + inside.shape[-1:], np.float32)

@@ -164,27 +164,68 @@ def window_sums(mask: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random changes applied to each training patch; each can be switched off."""
+    """Random changes applied to each standardised training patch; each can be switched off
+    (0 or False). Every draw comes from the sampler's generator, so a patch is reproducible.
+
+    The intensity changes act on each channel between its minimum and maximum in the patch, so
+    the background outside the brain (the minimum) stays where it is.
+    """
 
     flip: bool = True  # left-right (x axis) flip with probability 0.5
     scale: float = 0.1  # per-channel intensity factor in [1 - scale, 1 + scale]
     shift: float = 0.1  # per-channel offset in [-shift, shift] (in standardised units)
     noise: float = 0.05  # Gaussian noise of std up to this (standardised units)
+    gamma: float = 0.3  # per-channel gamma exp(u), u uniform in [-gamma, gamma]
+    bias: float = 0.2  # smooth multiplicative field exp(b * field), b uniform in [0, bias]
+    blur: float = 0.8  # Gaussian blur, sigma uniform in [0, blur] voxels per channel
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-NO_AUGMENTATION = Augmentation(flip=False, scale=0.0, shift=0.0, noise=0.0)
+NO_AUGMENTATION = Augmentation(flip=False, scale=0.0, shift=0.0, noise=0.0, gamma=0.0, bias=0.0,
+                               blur=0.0)
+
+
+def _patch_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth zero-mean field ``shape`` float32: a 3x3x3 random grid upsampled linearly."""
+    from scipy import ndimage
+
+    coarse = rng.standard_normal((3, 3, 3)).astype(np.float32)
+    return ndimage.zoom(coarse, [s / 3 for s in shape], order=1, grid_mode=True,
+                        mode="nearest")[:shape[0], :shape[1], :shape[2]]
 
 
 def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
             augmentation: Augmentation = Augmentation()) -> tuple[np.ndarray, np.ndarray]:
-    """Flip, scale, shift and add noise to a standardised patch ``x (px, py, pz, C)`` and its
-    label ``y (px, py, pz, K)`` (labels only flip)."""
+    """Augment a standardised patch ``x (px, py, pz, C)`` and its label ``y (px, py, pz, K)``:
+    flip (both), then per channel a bias field, gamma, blur, scale, shift and noise (image only).
+
+    Returns float32 C-contiguous ``(x, y)`` of the same shapes.
+    """
+    from scipy import ndimage
+
     channels = x.shape[-1]
     if augmentation.flip and rng.random() < 0.5:
         x, y = x[::-1], y[::-1]
+    if augmentation.bias or augmentation.gamma or augmentation.blur:
+        x = np.array(x, dtype=np.float32)
+        for c in range(channels):
+            low, high = float(x[..., c].min()), float(x[..., c].max())
+            if high <= low:
+                continue
+            unit = (x[..., c] - low) / (high - low)
+            if augmentation.bias:
+                strength = rng.uniform(0, augmentation.bias)
+                unit = unit * np.exp(strength * _patch_field(unit.shape, rng))
+            if augmentation.gamma:
+                unit = np.clip(unit, 0, None) ** np.exp(rng.uniform(-augmentation.gamma,
+                                                                    augmentation.gamma))
+            if augmentation.blur:
+                sigma = rng.uniform(0, augmentation.blur)
+                if sigma > 0.25:
+                    unit = ndimage.gaussian_filter(unit, sigma)
+            x[..., c] = low + (high - low) * unit
     if augmentation.scale:
         x = x * rng.uniform(1 - augmentation.scale, 1 + augmentation.scale, channels).astype(np.float32)
     if augmentation.shift:
@@ -227,9 +268,10 @@ class CachedCase:
 
 
 def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -> CachedCase:
-    """Load ``case`` once, crop it to its brain, save it as .npy under ``cache_dir`` (atomically)
+    """Load ``case`` once, crop it to its brain, clip its intensities
+    (:func:`tumorseg.data.clip_intensities`), save it as .npy under ``cache_dir`` (atomically)
     and return memory-mapped views. A complete cache is reused."""
-    from .data import atomic_path, load_case
+    from .data import atomic_path, clip_intensities, load_case
 
     cache_dir = Path(cache_dir)
     paths = {part: cache_dir / f"{case.id}.{part}.npy" for part in ("image", "label", "tumour")}
@@ -240,7 +282,8 @@ def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -
 
             raise InputError(case.reference, "training needs a label for every case")
         box = brain_box(image, patch_shape)
-        arrays = {"image": pad_to(image[box], patch_shape), "label": pad_to(label[box], patch_shape)}
+        image = clip_intensities(image[box])
+        arrays = {"image": pad_to(image, patch_shape), "label": pad_to(label[box], patch_shape)}
         arrays["tumour"] = np.flatnonzero(arrays["label"])
         for part in ("tumour", "label", "image"):  # image last: its presence marks completeness
             with atomic_path(paths[part]) as tmp:

@@ -1,20 +1,32 @@
-"""The embedded default dataset: brain-tumour phantoms built from the MNI152 anatomy.
+"""The embedded default dataset: brain-tumour phantoms built from the MNI152 anatomy, randomised
+in the spirit of SynthSeg (Billot et al., Medical Image Analysis 2023): a network that sees
+random contrasts, resolutions, artefacts and shapes around fixed label rules learns the rules,
+not one scanner's look.
 
-nilearn ships the MNI152 (ICBM 2009a, 1 mm) T1 template and grey/white-matter probability maps
-inside its package, so no download is needed. Each phantom case is made in five steps:
+nilearn ships one anatomy, the MNI152 (ICBM 2009a symmetric, 1 mm) T1 template with grey- and
+white-matter probability maps, inside its package (no download). Each phantom case is made so:
 
-1. the anatomy, placed in a BraTS-sized (240, 240, 155) grid, is warped by a random affine and a
-   random smooth deformation;
-2. a tumour is seeded in white matter at a random place with a random, lobulated shape: an
-   enhancing rim (or a solid enhancing mass) around a non-enhancing / necrotic core, and edema
-   that spreads mostly through white matter;
-3. each voxel is a mixture of tissues (partial volume at every border), and each of FLAIR, T1,
-   T1gd and T2 gives each tissue a radiologically plausible intensity: edema bright on FLAIR and
-   T2, enhancing tumour bright on T1gd, necrosis dark on T1 and T1gd and bright on T2;
-4. a smooth bias field, Rician noise and a random intensity scale per sequence;
-5. the skull-stripped image is written like MSD Task01: float32 (240, 240, 155, 4), uint8 labels.
+1. anatomy: the template in a BraTS-sized (240, 240, 155) grid, in BraTS voxel order (first axis
+   toward the patient's left, second toward the back: ``nibabel.aff2axcodes`` L, P, S), warped
+   by a random affine (rotation about three axes, scaling per axis) and a random smooth
+   deformation of random strength: one template, many brains;
+2. tumour: one to a few foci in white matter, each with a random lobulated, irregular border, an
+   enhancing rim or solid enhancing mass (or none), a necrotic or cystic core (or none), edema
+   that spreads along white matter, and mass effect that pushes the anatomy nearby outward;
+3. contrast: each tissue's intensity in each of FLAIR, T1, T1gd, T2 is drawn at random around a
+   radiological reference while the orderings that define the sequence hold (e.g. on T2 white <
+   grey < edema < CSF; on T1gd white < enhancing); each voxel mixes its tissues (partial volume),
+   with fine texture in the brain and heterogeneity in the tumour;
+4. artefacts, per sequence: blur, thick slices resampled to 1 mm, a smooth bias field, Rician
+   noise, a gamma curve and a random intensity scale;
+5. storage like BraTS data in the MSD Task01 layout: skull-stripped, zero outside the brain,
+   float32 (240, 240, 155, 4) integer-valued images, uint8 labels, an affine diag(-1, -1, 1)
+   with an offset (MNI coordinates) that says L, P, S.
 
-The same seed gives the same bytes. Case ``i`` of seed ``s`` depends on nothing else.
+Every draw comes from ``numpy.random.default_rng([seed, index])``: the same seed gives the same
+bytes, and case ``index`` of seed ``seed`` depends on nothing else. :data:`DEFAULT` holds the
+training ranges; :data:`SHIFTED` draws contrasts, artefacts and morphology outside them (the
+benchmark's stand-in for an unseen scanner and unseen tumours).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,12 +45,14 @@ from .data import CHANNELS, LABELS, atomic_path, save_nifti
 from .errors import InputError
 
 SHAPE = (240, 240, 155)
+AXCODES = ("L", "P", "S")  # BraTS voxel order
 _MNI = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 # MNI152 1 mm is (197, 233, 189) with the brain in z 0..154: pad x and y to 240, keep z 0..154.
 _PAD = ((21, 22), (3, 4), (0, 0))
 
-# Relative intensity of each tissue in FLAIR, T1, T1gd, T2 (rows in TISSUES order).
-TISSUES = ("csf", "grey", "white", "edema", "non_enhancing", "necrosis", "enhancing")
+# Reference intensity of each tissue in FLAIR, T1, T1gd, T2 (rows in TISSUES order).
+TISSUES = ("csf", "grey", "white", "edema", "non_enhancing", "necrosis", "enhancing", "cyst",
+           "vessel")
 CONTRAST = np.array([
     # FLAIR  T1    T1gd  T2
     [0.10, 0.20, 0.22, 1.00],  # CSF: dark on FLAIR (suppressed fluid), bright on T2
@@ -47,13 +62,144 @@ CONTRAST = np.array([
     [0.82, 0.40, 0.48, 0.76],  # non-enhancing solid tumour
     [0.55, 0.18, 0.20, 0.96],  # necrosis: dark on T1/T1gd, fluid-bright on T2
     [0.76, 0.50, 1.25, 0.66],  # enhancing tumour: bright on T1gd
+    [0.30, 0.15, 0.17, 1.05],  # cyst: fluid, dark on T1/T1gd, bright on T2, partly suppressed
+    [0.20, 0.35, 1.20, 0.25],  # vessels and dura in the sulci: bright on T1gd only (not tumour)
 ], dtype=np.float32)
+
+# Orderings every drawn contrast keeps, per sequence: each chain ascends (tissue names).
+ORDERINGS = {
+    "FLAIR": (("csf", "white", "grey", "edema"), ("white", "non_enhancing"), ("csf", "cyst", "edema"),
+              ("csf", "necrosis")),
+    "T1": (("csf", "grey", "white"), ("necrosis", "grey"), ("cyst", "grey"), ("edema", "white"),
+           ("non_enhancing", "white"), ("enhancing", "white")),
+    "T1gd": (("csf", "grey", "white", "enhancing"), ("necrosis", "grey"), ("cyst", "grey"),
+             ("edema", "white"), ("non_enhancing", "white"), ("non_enhancing", "enhancing"),
+             ("white", "vessel")),
+    "T2": (("white", "grey", "edema", "csf"), ("white", "non_enhancing"), ("grey", "necrosis"),
+           ("grey", "cyst"), ("vessel", "grey")),
+}
+
+
+@dataclass(frozen=True)
+class Randomisation:
+    """The ranges the generator draws from. ``(low, high)`` pairs are uniform unless said;
+    a "two-sided log" range gives a factor ``exp(s * u)``, ``u`` uniform in it, ``s`` = +-1."""
+
+    contrast: tuple[float, float] = (0.0, 0.35)  # per tissue and sequence, two-sided log
+    gamma: tuple[float, float] = (0.0, 0.35)  # exponent per sequence, two-sided log
+    bias: tuple[float, float] = (0.0, 0.3)  # std of the log of the smooth bias field
+    noise: tuple[float, float] = (0.005, 0.05)  # Rician sigma (white matter on T1 is 0.8)
+    blur: tuple[float, float] = (0.0, 1.0)  # Gaussian sigma per axis, voxels
+    thick_slice_chance: float = 0.3  # per sequence
+    slice_thickness: tuple[int, int] = (2, 5)  # voxels, inclusive
+    texture: tuple[float, float] = (0.0, 0.08)  # fine texture of the brain (relative)
+    tumour_texture: tuple[float, float] = (0.03, 0.15)  # heterogeneity inside the tumour
+    radius: tuple[float, float] = (3.0, 24.0)  # main focus, mm, log-uniform
+    foci: tuple[int, int] = (1, 3)  # inclusive; the first is the largest
+    irregularity: tuple[float, float] = (0.1, 0.35)  # lobulation of the border
+    cyst_chance: float = 0.2  # the core is a cyst instead of necrosis
+    enhancing_chance: float = 0.85  # the rest have no enhancing tumour (low grade)
+    mass_effect: tuple[float, float] = (0.0, 0.4)  # push at the tumour's border, in radii
+    vessels: tuple[float, float] = (0.0, 0.6)  # share of sulcal CSF bright on T1gd (distractor)
+    deformation: tuple[float, float] = (1.0, 5.0)  # smooth warp of the anatomy, mm
+    scale: tuple[float, float] = (100.0, 5000.0)  # per-sequence intensity scale, log-uniform
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT = Randomisation()
+# Outside every training range: other contrasts, stronger artefacts, larger irregular tumours.
+SHIFTED = Randomisation(
+    contrast=(0.35, 0.5), gamma=(0.35, 0.5), bias=(0.3, 0.4), noise=(0.05, 0.07),
+    blur=(1.0, 1.3), thick_slice_chance=0.4, slice_thickness=(5, 6), texture=(0.08, 0.12),
+    tumour_texture=(0.15, 0.25), radius=(24.0, 32.0), foci=(1, 3), irregularity=(0.35, 0.5),
+    cyst_chance=0.5, enhancing_chance=0.85, mass_effect=(0.4, 0.5), vessels=(0.6, 0.8),
+    deformation=(5.0, 6.0),
+    scale=(5000.0, 12000.0))
+GENERATORS = {"default": DEFAULT, "shifted": SHIFTED}
+# Every randomisation at a fixed, quiet value: the figure changes one at a time from here.
+FIXED = Randomisation(
+    contrast=(0.0, 0.0), gamma=(0.0, 0.0), bias=(0.0, 0.0), noise=(0.01, 0.01), blur=(0.0, 0.0),
+    thick_slice_chance=0.0, slice_thickness=(5, 5), texture=(0.0, 0.0), tumour_texture=(0.0, 0.0),
+    radius=(14.0, 14.0), foci=(1, 1), irregularity=(0.1, 0.1), cyst_chance=0.0,
+    enhancing_chance=1.0, mass_effect=(0.0, 0.0), vessels=(0.0, 0.0), deformation=(0.0, 0.0),
+    scale=(1000.0, 1000.0))
+# What the figure shows, one randomisation at a time (name -> changes to FIXED).
+SHOWCASE = {
+    "fixed": {},
+    "contrast": {"contrast": (0.35, 0.35)},
+    "gamma": {"gamma": (0.35, 0.35)},
+    "bias field": {"bias": (0.3, 0.3)},
+    "noise": {"noise": (0.05, 0.05)},
+    "blur": {"blur": (1.0, 1.0)},
+    "thick slices": {"thick_slice_chance": 1.0},
+    "texture": {"texture": (0.08, 0.08), "tumour_texture": (0.15, 0.15)},
+    "deformation": {"deformation": (5.0, 5.0)},
+    "mass effect": {"mass_effect": (0.4, 0.4)},
+    "irregular border": {"irregularity": (0.35, 0.35)},
+    "several foci": {"foci": (3, 3)},
+    "cystic core": {"cyst_chance": 1.0},
+    "no enhancement": {"enhancing_chance": 0.0},
+    "vessels (T1gd)": {"vessels": (0.6, 0.6)},
+    "shifted (bench)": None,
+}
+
+
+def _two_sided(rng: np.random.Generator, bounds: tuple[float, float], size=None) -> np.ndarray:
+    """``exp(+-u)`` with ``u`` uniform in ``bounds`` and a random sign: a factor around 1."""
+    sign = rng.choice([-1.0, 1.0], size=size)
+    return np.exp(sign * rng.uniform(*bounds, size=size))
+
+
+def _erfinv(p: float) -> float:
+    from scipy.special import erfinv
+
+    return float(erfinv(np.clip(p, -0.999999, 0.999999)))
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+
+
+def draw_contrast(rng: np.random.Generator, randomisation: Randomisation = DEFAULT) -> np.ndarray:
+    """Tissue intensities ``(len(TISSUES), 4)`` float32: the reference times a random factor per
+    tissue and sequence, then reordered within each chain of :data:`ORDERINGS` so every
+    ordering holds."""
+    contrast = CONTRAST * _two_sided(rng, randomisation.contrast, CONTRAST.shape)
+    index = {name: i for i, name in enumerate(TISSUES)}
+    for channel, sequence in enumerate(CHANNELS):
+        column = contrast[:, channel]
+        for _ in range(len(TISSUES)):  # sorting each chain in turn settles a consistent order
+            settled = True
+            for chain in ORDERINGS[sequence]:
+                rows = [index[name] for name in chain]
+                values = np.sort(column[rows])
+                if not np.array_equal(values, column[rows]):
+                    column[rows], settled = values, False
+            if settled:
+                break
+    return contrast.astype(np.float32)
+
+
+def orderings_hold(contrast: np.ndarray) -> bool:
+    """True when ``contrast`` ``(len(TISSUES), 4)`` keeps every ordering of :data:`ORDERINGS`."""
+    index = {name: i for i, name in enumerate(TISSUES)}
+    return all(np.all(np.diff(contrast[[index[n] for n in chain], channel]) >= 0)
+               for channel, sequence in enumerate(CHANNELS) for chain in ORDERINGS[sequence])
+
+
+def brats_affine(affine: np.ndarray, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    """The affine of the same grid with its first two axes reversed (R, A, S -> L, P, S)."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [shape[0] - 1, shape[1] - 1]
+    return affine @ flip
 
 
 @lru_cache(maxsize=1)
 def mni_anatomy() -> dict[str, np.ndarray]:
-    """The MNI152 T1 (0..1) and tissue probabilities (grey, white, csf, brain) on the 240x240x155
-    grid, float32, and the grid's affine."""
+    """The MNI152 T1 (0..1) and tissue probabilities (grey, white, csf, brain) on the
+    (240, 240, 155) grid in BraTS voxel order (L, P, S), float32, and the grid's affine."""
     import nibabel as nib
 
     spec = importlib.util.find_spec("nilearn")
@@ -62,7 +208,7 @@ def mni_anatomy() -> dict[str, np.ndarray]:
     for name in ("t1", "gm", "wm"):
         img = nib.load(folder / _MNI.format(name))
         data = np.asarray(img.dataobj, dtype=np.float32)[:, :, :SHAPE[2]] / 255.0
-        maps[name] = np.pad(data, _PAD)
+        maps[name] = np.ascontiguousarray(np.pad(data, _PAD)[::-1, ::-1])  # R, A -> L, P
     affine = img.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.array([_PAD[0][0], _PAD[1][0], 0])
     brain = (maps["t1"] > 0).astype(np.float32)
@@ -72,7 +218,7 @@ def mni_anatomy() -> dict[str, np.ndarray]:
         "white": maps["wm"],
         "csf": np.clip(brain - maps["gm"] - maps["wm"], 0, 1),
         "brain": brain,
-        "affine": affine,
+        "affine": brats_affine(affine),
     }
 
 
@@ -88,24 +234,36 @@ def smooth_field(shape: tuple[int, ...], scale: float, rng: np.random.Generator)
     return field[tuple(slice(0, s) for s in shape)]
 
 
-def _brain_box(anatomy: dict, margin: int = 10) -> tuple[slice, slice, slice]:
+def _anatomy_box(anatomy: dict, margin: int = 24) -> tuple[slice, slice, slice]:
+    """The template brain's bounding box in the grid, grown by ``margin`` voxels."""
     nonzero = np.nonzero(anatomy["brain"])
     return tuple(slice(max(0, int(i.min()) - margin), min(s, int(i.max()) + margin + 1))
                  for i, s in zip(nonzero, SHAPE))
 
 
-def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generator) -> dict:
-    """Tissue maps inside ``box`` after a random affine (rotation, scaling) and smooth deformation."""
+def _rotation(angles_deg: np.ndarray) -> np.ndarray:
+    """3x3 rotation about the three axes by ``angles_deg`` (degrees)."""
+    a, b, c = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return (rz @ ry @ rx).astype(np.float32)
+
+
+def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generator,
+                  randomisation: Randomisation = DEFAULT) -> dict:
+    """Tissue maps ``(bx, by, bz)`` inside ``box`` after a random affine (rotation about three
+    axes, scaling per axis) and a smooth deformation of random strength and scale."""
     shape = tuple(s.stop - s.start for s in box)
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
     centre = np.array([(s.stop - s.start - 1) / 2 for s in box], dtype=np.float32)[:, None]
-    angle = np.deg2rad(rng.uniform(-8, 8))
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
-                         [0, 0, 1]], dtype=np.float32)
-    scaling = np.diag(rng.uniform(0.9, 1.08, 3)).astype(np.float32)
+    rotation = _rotation(rng.uniform(-1, 1, 3) * np.array([6.0, 6.0, 10.0]))
+    scaling = np.diag(rng.uniform(0.9, 1.12, 3)).astype(np.float32)
     coords = (rotation @ scaling) @ (grid - centre) + centre
+    strength = rng.uniform(*randomisation.deformation)
+    scale = rng.uniform(25, 50)
     for axis in range(3):
-        coords[axis] += 3.0 * smooth_field(shape, 40, rng).ravel()
+        coords[axis] += strength * smooth_field(shape, scale, rng).ravel()
         coords[axis] += box[axis].start
     warped = {name: ndimage.map_coordinates(anatomy[name], coords, order=1).reshape(shape)
               for name in ("t1", "grey", "white", "brain")}
@@ -115,22 +273,55 @@ def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generato
 
 
 def bias_field(shape: tuple[int, int, int], strength: float, rng: np.random.Generator) -> np.ndarray:
-    """A smooth multiplicative field ``(x, y, z)`` around 1: exp of a sum of smooth 1-D curves."""
-    log_field = np.zeros(shape, np.float32)
-    for axis, size in enumerate(shape):
-        curve = smooth_field((size,), size / 2, rng) * strength
-        log_field += curve.reshape([-1 if a == axis else 1 for a in range(3)])
-    return np.exp(log_field)
+    """A smooth multiplicative field ``(x, y, z)`` around 1: ``exp(strength * smooth field)``."""
+    return np.exp(strength * smooth_field(shape, 60, rng)).astype(np.float32)
 
 
-def _tumour(tissue: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Soft compartments (fractions 0..1) of edema, non-enhancing, necrosis and enhancing tumour."""
+def thick_slices(volume: np.ndarray, axis: int, thickness: int, phase: int) -> np.ndarray:
+    """``volume`` as if acquired in slices ``thickness`` voxels thick along ``axis`` (each slice
+    the mean of its voxels, starting at ``phase``) and resampled linearly to 1 mm."""
+    n = volume.shape[axis]
+    mean = ndimage.uniform_filter1d(volume, thickness, axis=axis, mode="nearest")
+    centres = np.arange(phase % thickness, n, thickness)
+    samples = np.take(mean, centres, axis=axis)
+    position = np.clip((np.arange(n) - centres[0]) / thickness, 0, len(centres) - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(centres) - 1)
+    weight = (position - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+    return (np.take(samples, low, axis=axis) * (1 - weight)
+            + np.take(samples, high, axis=axis) * weight)
+
+
+def _mass_effect(tissue: dict, centre: np.ndarray, radius: float, strength: float) -> None:
+    """Push the anatomy around ``centre`` outward in place: inside ``radius`` the tissue is
+    stretched by ``1 / (1 - strength)``; beyond it the push fades over about one radius."""
+    if strength <= 0:
+        return
+    shape = tissue["brain"].shape
+    half = int(3 * radius) + 4
+    box = tuple(slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape))
+    local = np.indices(tuple(s.stop - s.start for s in box), dtype=np.float32)
+    offset = local + np.array([s.start for s in box], np.float32)[:, None, None, None] \
+        - centre[:, None, None, None]
+    r = np.sqrt((offset ** 2).sum(axis=0)) + 1e-6
+    push = strength * radius * np.where(r < radius, r / radius,
+                                        np.exp(-((r - radius) / radius) ** 2))
+    coords = local - push * offset / r
+    for name in ("t1", "grey", "white", "brain"):
+        tissue[name][box] = ndimage.map_coordinates(tissue[name][box], coords.reshape(3, -1),
+                                                    order=1, mode="nearest").reshape(r.shape)
+    tissue["csf"][box] = np.clip(tissue["brain"][box] - tissue["grey"][box]
+                                 - tissue["white"][box], 0, 1)
+
+
+def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Generator,
+           randomisation: Randomisation) -> tuple[tuple[slice, ...], dict[str, np.ndarray]]:
+    """One tumour focus: its box and soft compartments (fractions 0..1) of edema,
+    non-enhancing tumour, necrosis, cyst and enhancing tumour inside it."""
     shape = tissue["white"].shape
-    deep_white = np.flatnonzero(ndimage.binary_erosion(tissue["white"] > 0.6, iterations=4))
-    centre = np.array(np.unravel_index(rng.choice(deep_white), shape), dtype=np.float32)
-    radius = float(np.exp(rng.uniform(np.log(3.0), np.log(24.0))))  # mm; small tumours included
     reach = min(rng.uniform(1.3, 3.2), 35.0 / radius)  # edema extent along white matter, in radii
-    half = int(2.5 * reach * radius) + 6  # holds the farthest edema the noise terms below allow
+    irregularity = rng.uniform(*randomisation.irregularity)
+    half = int(2.5 * reach * radius * (1 + irregularity)) + 6
     box = tuple(slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape))
     local = tuple(np.arange(s.start, s.stop, dtype=np.float32) for s in box)
     axes = radius * rng.uniform(0.7, 1.3, 3)
@@ -138,8 +329,9 @@ def _tumour(tissue: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     distance = np.sqrt(offsets[0][:, None, None] ** 2 + offsets[1][None, :, None] ** 2
                        + offsets[2][None, None, :] ** 2)
     box_shape = distance.shape
-    lobes = np.clip(smooth_field(box_shape, max(4.0, radius * 0.8), rng), -2, 2)
-    distance = distance * (1 + 0.15 * lobes)
+    coarse = np.clip(smooth_field(box_shape, max(4.0, radius * 0.8), rng), -2, 2)
+    fine = np.clip(smooth_field(box_shape, max(2.0, radius * 0.3), rng), -2, 2)
+    distance = distance * (1 + irregularity * (coarse + 0.5 * fine))
 
     edge = 0.9 / radius  # a partial-volume border about one voxel wide
 
@@ -147,65 +339,122 @@ def _tumour(tissue: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return 1 / (1 + np.exp(np.clip((distance - limit) / edge, -30, 30)))
 
     tumour = inside(1.0)
-    necrotic_fraction = 0.0 if rng.random() < 0.2 else rng.uniform(0.45, 0.8)
-    necrosis = inside(necrotic_fraction) if necrotic_fraction else np.zeros_like(tumour)
-    enhancing_share = np.clip(smooth_field(box_shape, max(4.0, radius), rng) + 0.9, 0, 1)
-    enhancing = (tumour - necrosis) * enhancing_share
-    non_enhancing = tumour - necrosis - enhancing
+    enhances = rng.random() < randomisation.enhancing_chance
+    has_core = rng.random() < (0.8 if enhances else 0.3)
+    core_size = rng.uniform(0.45, 0.8)
+    core = inside(core_size) if has_core else np.zeros_like(tumour)
+    cystic = rng.random() < randomisation.cyst_chance
+    share = np.clip(smooth_field(box_shape, max(4.0, radius), rng) + rng.uniform(0.5, 1.3), 0, 1)
+    share = share if enhances else 0.0
+    enhancing = (tumour - core) * share
+    non_enhancing = tumour - core - enhancing
 
     white = tissue["white"][box]
-    tissue_in_box = tissue["white"][box] + tissue["grey"][box]
+    tissue_in_box = white + tissue["grey"][box]
     spread = (1 + (reach - 1) * white) * (1 + 0.15 * np.clip(smooth_field(box_shape, 6, rng), -2, 2))
     edema = np.clip(1 / (1 + np.exp(np.clip((distance - spread) / edge, -30, 30))) - tumour, 0, 1)
     edema *= np.clip(tissue_in_box * 1.2, 0, 1)
+    zero = np.zeros_like(tumour)
+    return box, {"edema": edema, "non_enhancing": non_enhancing,
+                 "necrosis": zero if cystic else core, "cyst": core if cystic else zero,
+                 "enhancing": enhancing}
 
-    full = {}
-    for name, part in (("edema", edema), ("non_enhancing", non_enhancing),
-                       ("necrosis", necrosis), ("enhancing", enhancing)):
-        full[name] = np.zeros(shape, np.float32)
-        full[name][box] = part * tissue["brain"][box]
+
+COMPARTMENTS = ("edema", "non_enhancing", "necrosis", "cyst", "enhancing")
+
+
+def _tumour(tissue: dict, rng: np.random.Generator,
+            randomisation: Randomisation = DEFAULT) -> dict[str, np.ndarray]:
+    """Soft compartments ``(bx, by, bz)`` (fractions 0..1, summing to at most 1) of edema,
+    non-enhancing tumour, necrosis, cyst and enhancing tumour: one to a few foci, the first at a
+    random place in deep white matter with mass effect on the anatomy (``tissue`` changes)."""
+    shape = tissue["white"].shape
+    deep_white = np.flatnonzero(ndimage.binary_erosion(tissue["white"] > 0.6, iterations=4))
+    points = np.array(np.unravel_index(deep_white, shape), dtype=np.float32).T
+    centre = points[rng.integers(len(points))]
+    radius = _log_uniform(rng, randomisation.radius)
+    _mass_effect(tissue, centre, radius, rng.uniform(*randomisation.mass_effect))
+    foci = [(centre, radius)]
+    for _ in range(int(rng.integers(randomisation.foci[0], randomisation.foci[1] + 1)) - 1):
+        distance = np.linalg.norm(points - centre, axis=1)
+        near = np.flatnonzero((distance > 1.2 * radius) & (distance < 3 * radius + 12))
+        pool = near if near.size else np.arange(len(points))
+        foci.append((points[pool[rng.integers(pool.size)]], radius * rng.uniform(0.3, 0.7)))
+    full = {name: np.zeros(shape, np.float32) for name in COMPARTMENTS}
+    for focus_centre, focus_radius in foci:
+        box, parts = _focus(tissue, focus_centre, focus_radius, rng, randomisation)
+        for name in COMPARTMENTS:
+            np.maximum(full[name][box], parts[name] * tissue["brain"][box], out=full[name][box])
+    solid = sum(full[name] for name in COMPARTMENTS[1:])
+    over = np.maximum(solid, 1)
+    for name in COMPARTMENTS[1:]:
+        full[name] /= over
+    full["edema"] = np.minimum(full["edema"], 1 - np.minimum(solid, 1))
     return full
 
 
-def synthesize_case(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Phantom case ``index`` of dataset ``seed``.
+def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = DEFAULT
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Phantom case ``index`` of dataset ``seed``, drawn with ``randomisation`` (a
+    :class:`Randomisation` or a name in :data:`GENERATORS`).
 
     Returns:
-        image: float32 (240, 240, 155, 4), channels FLAIR, T1, T1gd, T2, integer-valued like
-            scanner data, zero outside the brain.
+        image: float32 (240, 240, 155, 4) in BraTS voxel order (L, P, S), channels FLAIR, T1,
+            T1gd, T2, integer-valued like scanner data, zero outside the brain.
         label: uint8 (240, 240, 155): 0 background, 1 edema, 2 non-enhancing, 3 enhancing.
     """
+    if isinstance(randomisation, str):
+        randomisation = GENERATORS[randomisation]
     rng = np.random.default_rng([seed, index])
     anatomy = mni_anatomy()
-    box = _brain_box(anatomy)
-    tissue = _warp_anatomy(anatomy, box, rng)
-    tumour = _tumour(tissue, rng)
+    box = _anatomy_box(anatomy)
+    tissue = _warp_anatomy(anatomy, box, rng, randomisation)
+    tumour = _tumour(tissue, rng, randomisation)
 
-    lesion = tumour["edema"] + tumour["non_enhancing"] + tumour["necrosis"] + tumour["enhancing"]
+    lesion = sum(tumour[name] for name in COMPARTMENTS)
     normal = np.clip(1 - lesion, 0, 1)
-    fractions = [tissue["csf"] * normal, tissue["grey"] * normal, tissue["white"] * normal,
-                 tumour["edema"], tumour["non_enhancing"], tumour["necrosis"], tumour["enhancing"]]
-    contrast = CONTRAST * rng.uniform(0.92, 1.08, CONTRAST.shape).astype(np.float32)
+    # Vessels and dura: a random share of the sulcal CSF, in thin smooth patches.
+    vessel_share = rng.uniform(*randomisation.vessels)
+    vessel = tissue["csf"] * normal * (smooth_field(normal.shape, 2, rng)
+                                       > np.sqrt(2) * _erfinv(1 - 2 * vessel_share))
+    fractions = [tissue["csf"] * normal - vessel, tissue["grey"] * normal,
+                 tissue["white"] * normal, tumour["edema"], tumour["non_enhancing"],
+                 tumour["necrosis"], tumour["enhancing"], tumour["cyst"], vessel]
+    contrast = draw_contrast(rng, randomisation)
     # The template's own T1 texture (deep nuclei, cortex detail) beyond what the tissue mix explains.
     t1_mix = sum(f * c for f, c in zip(fractions[:3], CONTRAST[:3, 1]))
-    texture = (tissue["t1"] - t1_mix) * normal
-    texture_weight = (0.4, 1.0, 0.9, -0.4)
-    heterogeneity = 1 + 0.08 * smooth_field(lesion.shape, 3, rng) * (lesion > 0.01)
-
+    detail = (tissue["t1"] - t1_mix) * normal
+    detail_weight = (0.4, 1.0, 0.9, -0.4)
     brain = tissue["brain"]
     box_shape = brain.shape
+    texture = 1 + (rng.uniform(*randomisation.texture) * smooth_field(box_shape, 2, rng) * normal
+                   + rng.uniform(*randomisation.tumour_texture) * smooth_field(box_shape, 3, rng)
+                   * (lesion > 0.01))
+
     image = np.zeros(SHAPE + (len(CHANNELS),), np.float32)
     for channel in range(len(CHANNELS)):
         signal = sum(f * c for f, c in zip(fractions, contrast[:, channel]))
-        signal = (signal + texture_weight[channel] * texture) * heterogeneity
-        signal *= bias_field(box_shape, 0.08, rng)
-        sigma = rng.uniform(0.015, 0.035)
-        noisy = np.hypot(signal + sigma * rng.standard_normal(box_shape, np.float32),
-                         sigma * rng.standard_normal(box_shape, np.float32))
-        scale = rng.uniform(150, 1500)
+        signal = (signal + detail_weight[channel] * detail) * texture
+        sigma = rng.uniform(*randomisation.blur, 3)
+        if sigma.max() > 0.2:
+            signal = ndimage.gaussian_filter(signal, sigma)
+        thick = rng.random() < randomisation.thick_slice_chance  # every draw made either way
+        axis = 2 if rng.random() < 0.6 else int(rng.integers(2))
+        thickness = int(rng.integers(randomisation.slice_thickness[0],
+                                     randomisation.slice_thickness[1] + 1))
+        phase = int(rng.integers(thickness))
+        if thick:
+            signal = thick_slices(signal, axis, thickness, phase)
+        signal = signal * bias_field(box_shape, rng.uniform(*randomisation.bias), rng)
+        noise = rng.uniform(*randomisation.noise)
+        noisy = np.hypot(signal + noise * rng.standard_normal(box_shape, np.float32),
+                         noise * rng.standard_normal(box_shape, np.float32))
+        noisy = noisy ** float(_two_sided(rng, randomisation.gamma))
+        scale = _log_uniform(rng, randomisation.scale)
         image[box + (channel,)] = np.round(noisy * brain * scale) * (brain > 0.5)
 
-    classes = np.stack([normal, tumour["edema"], tumour["non_enhancing"] + tumour["necrosis"],
+    classes = np.stack([normal, tumour["edema"],
+                        tumour["non_enhancing"] + tumour["necrosis"] + tumour["cyst"],
                         tumour["enhancing"]])
     label = np.zeros(SHAPE, np.uint8)
     label[box] = np.argmax(classes, axis=0).astype(np.uint8) * (brain > 0.5)
@@ -231,10 +480,12 @@ def dataset_json(case_ids: list[str], description: str) -> dict:
 
 
 def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progress: bool = True,
-                  workers: int | None = None) -> list[str]:
+                  workers: int | None = None, generator: str = "default") -> list[str]:
     """Write ``cases`` phantom cases in the MSD Task01 layout under ``out``; return their ids.
 
-    The progress bar shows on a terminal (tqdm's rule); ``progress=False`` hides it always.
+    ``generator`` names the ranges in :data:`GENERATORS` ("default" for training, "shifted" for
+    the benchmark). The progress bar shows on a terminal (tqdm's rule); ``progress=False`` hides
+    it always.
 
     Cases are made in ``workers`` processes (default: one per core). Each file is written
     atomically and complete cases of the same seed are kept, so an interrupted run resumes.
@@ -243,10 +494,12 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
 
     from tqdm.auto import tqdm
 
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; choose from {list(GENERATORS)}")
     out = Path(out)
-    _check_same_seed(out, seed)
+    _check_same_seed(out, seed, generator)
     ids = [f"BRATS_{i + 1:03d}" for i in range(cases)]
-    todo = [(out, seed, index, case_id) for index, case_id in enumerate(ids)
+    todo = [(out, seed, index, case_id, generator) for index, case_id in enumerate(ids)
             if not all((out / folder / f"{case_id}.nii.gz").exists()
                        for folder in ("imagesTr", "labelsTr"))]
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
@@ -262,25 +515,30 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
                 for _ in pool.map(_write_case, *zip(*todo)):
                     bar.update()
     with atomic_path(out / "dataset.json") as tmp:
-        description = f"tumorseg synthetic phantoms, seed {seed}"
-        tmp.write_text(json.dumps(dataset_json(ids, description) | {"seed": seed}, indent=2))
+        description = f"tumorseg synthetic phantoms, seed {seed}, {generator} generator"
+        manifest = dataset_json(ids, description) | {"seed": seed, "generator": generator}
+        tmp.write_text(json.dumps(manifest, indent=2))
     return ids
 
 
-def _check_same_seed(out: Path, seed: int) -> None:
+def _check_same_seed(out: Path, seed: int, generator: str = "default") -> None:
     manifest = out / "dataset.json"
     if manifest.exists():
         try:
-            previous = json.loads(manifest.read_text()).get("seed")
+            values = json.loads(manifest.read_text())
+            previous = values.get("seed"), values.get("generator", "default")
         except (ValueError, AttributeError):
             raise InputError(manifest, "not a JSON dataset description") from None
-        if previous != seed:
-            raise InputError(manifest, f"holds a dataset of seed {previous}, not {seed}: "
+        if previous[0] != seed:
+            raise InputError(manifest, f"holds a dataset of seed {previous[0]}, not {seed}: "
                                        f"choose another --out folder")
+        if previous[1] != generator:
+            raise InputError(manifest, f"holds a dataset of the {previous[1]} generator, not "
+                                       f"{generator}: choose another --out folder")
 
 
-def _write_case(out: Path, seed: int, index: int, case_id: str) -> None:
-    image, label = synthesize_case(seed, index)
+def _write_case(out: Path, seed: int, index: int, case_id: str, generator: str = "default") -> None:
+    image, label = synthesize_case(seed, index, generator)
     affine = mni_anatomy()["affine"]
     save_nifti(label, out / "labelsTr" / f"{case_id}.nii.gz", _reference(affine, np.uint8))
     save_nifti(image, out / "imagesTr" / f"{case_id}.nii.gz", _reference(affine, np.float32))

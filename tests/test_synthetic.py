@@ -1,0 +1,110 @@
+"""The phantom generator's randomisations: each seeded and deterministic, each doing what it
+says (orderings kept, thick slices averaged, mass effect pushing outward, several foci)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tumorseg import synthetic
+from tumorseg.synthetic import DEFAULT, FIXED, SHIFTED, TISSUES
+
+
+def rng(*key):
+    return np.random.default_rng(list(key))
+
+
+@pytest.mark.parametrize("randomisation", [DEFAULT, SHIFTED], ids=["default", "shifted"])
+def test_drawn_contrasts_keep_every_ordering_and_vary(randomisation):
+    draws = [synthetic.draw_contrast(rng(0, i), randomisation) for i in range(200)]
+    assert all(synthetic.orderings_hold(c) for c in draws)
+    spread = np.std(draws, axis=0) / synthetic.CONTRAST
+    assert (spread > 0.05).all(), "every tissue's intensity varies in every sequence"
+    np.testing.assert_array_equal(draws[3], synthetic.draw_contrast(rng(0, 3), randomisation))
+    t2 = synthetic.CHANNELS.index("T2")
+    white, edema, csf = (TISSUES.index(n) for n in ("white", "edema", "csf"))
+    assert all(c[white, t2] <= c[edema, t2] <= c[csf, t2] for c in draws)
+
+
+def test_shifted_contrasts_lie_outside_the_training_range():
+    factors = lambda r: np.abs(np.log(synthetic.draw_contrast(rng(1), r) / synthetic.CONTRAST))
+    assert SHIFTED.contrast[0] >= DEFAULT.contrast[1]
+    for field in ("gamma", "noise", "blur", "bias", "radius", "irregularity", "mass_effect",
+                  "deformation", "texture", "scale"):
+        assert getattr(SHIFTED, field)[0] >= getattr(DEFAULT, field)[1], field
+    assert factors(SHIFTED).mean() > factors(DEFAULT).mean()
+
+
+@pytest.mark.parametrize("function, args", [
+    (synthetic.smooth_field, ((20, 18, 9), 6)),
+    (synthetic.bias_field, ((20, 18, 9), 0.3)),
+    (synthetic.draw_contrast, ()),
+])
+def test_each_random_function_is_seeded(function, args):
+    a, b, c = (function(*args, rng(*key)) for key in ((5, 1), (5, 1), (5, 2)))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_thick_slices_average_within_a_slice_and_keep_a_ramp():
+    z = np.arange(30, dtype=np.float32)
+    ramp = np.broadcast_to(z, (4, 5, 30)).copy()
+    out = synthetic.thick_slices(ramp, axis=2, thickness=3, phase=1)
+    np.testing.assert_allclose(out[..., 3:27], ramp[..., 3:27], atol=1e-4)  # linear survives
+    stripes = np.broadcast_to((z % 2) * 2 - 1, (4, 5, 30)).astype(np.float32)
+    thin = synthetic.thick_slices(stripes, axis=2, thickness=2, phase=0)
+    assert np.abs(thin[..., 2:28]).max() < 1e-5  # detail finer than a slice is gone
+    across = synthetic.thick_slices(np.moveaxis(ramp, 2, 0), axis=0, thickness=3, phase=1)
+    np.testing.assert_allclose(np.moveaxis(across, 0, 2), out, atol=1e-5)
+
+
+def test_mass_effect_pushes_the_anatomy_outward():
+    shape = (40, 40, 40)
+    centre = np.array([20.0, 20.0, 20.0])
+    distance = np.linalg.norm(np.indices(shape) - centre[:, None, None, None], axis=0)
+    ring = ((distance > 8) & (distance < 10)).astype(np.float32)
+    tissue = {name: ring.copy() for name in ("t1", "grey", "white", "brain", "csf")}
+    synthetic._mass_effect(tissue, centre, radius=8.0, strength=0.4)
+    before = (distance * ring).sum() / ring.sum()
+    after = (distance * tissue["white"]).sum() / tissue["white"].sum()
+    assert after > before + 2, "the ring moved outward"
+    untouched = {name: ring.copy() for name in ("t1", "grey", "white", "brain", "csf")}
+    synthetic._mass_effect(untouched, centre, radius=8.0, strength=0.0)
+    np.testing.assert_array_equal(untouched["white"], ring)
+
+
+@pytest.fixture(scope="module")
+def fixed_case():
+    return synthetic.synthesize_case(0, 1, FIXED)
+
+
+def test_synthesize_case_is_deterministic(fixed_case):
+    image, label = synthetic.synthesize_case(0, 1, FIXED)
+    np.testing.assert_array_equal(image, fixed_case[0])
+    np.testing.assert_array_equal(label, fixed_case[1])
+    other, _ = synthetic.synthesize_case(0, 2, FIXED)
+    assert not np.array_equal(other, image)
+
+
+@pytest.mark.parametrize("name", ["contrast", "gamma", "thick slices", "mass effect",
+                                  "vessels (T1gd)", "no enhancement"])
+def test_each_randomisation_changes_the_case(name, fixed_case):
+    """Each randomisation of the figure, on its own, changes the fixed case."""
+    image, label = synthetic.synthesize_case(0, 1, replace(FIXED, **synthetic.SHOWCASE[name]))
+    assert not np.array_equal(image, fixed_case[0])
+    assert image.dtype == np.float32 and label.dtype == np.uint8
+    assert set(np.unique(label).tolist()) <= {0, 1, 2, 3}
+
+
+def test_several_foci_and_cysts_shape_the_label(fixed_case):
+    from scipy import ndimage
+
+    _, one = fixed_case
+    _, three = synthetic.synthesize_case(0, 1, replace(FIXED, foci=(3, 3), radius=(10.0, 10.0)))
+    _, single = synthetic.synthesize_case(0, 1, replace(FIXED, foci=(1, 1), radius=(10.0, 10.0)))
+    assert np.count_nonzero(three) > np.count_nonzero(single)
+    assert ndimage.label(one > 0)[1] >= 1
+    _, cyst = synthetic.synthesize_case(0, 1, replace(FIXED, cyst_chance=1.0))
+    assert np.count_nonzero(cyst == 2) > 0  # a cyst is tumour core (non-enhancing label)
