@@ -189,6 +189,8 @@ def _slide(net, patch_shape, image: np.ndarray, overlap: float, tta: bool, batch
            progress: bool) -> np.ndarray:
     """Probabilities of ``net`` over the brain box of ``image`` (its intensities clipped as for
     training), zero outside it."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     image = np.asarray(image, dtype=np.float32)
@@ -222,8 +224,6 @@ def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = 
         float32 ``(X, Y, Z, 3)`` sigmoid probabilities (edema, non-enhancing, enhancing); zero
         outside the brain's bounding box.
     """
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     net, patch = inference_model(model, precision, patch_shape)
     return _slide(net, patch, image, overlap, tta, batch_size, progress)
 
@@ -314,8 +314,6 @@ class Predictor:
                 progress: bool = False) -> np.ndarray:
         """``(X, Y, Z, 4)`` scan -> float32 ``(X, Y, Z, 3)`` probabilities; options as in
         :func:`predict_volume`."""
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         return _slide(self.net(precision), self.patch_shape, image, overlap, tta, batch_size,
                       progress)
 
