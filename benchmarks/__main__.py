@@ -1,10 +1,13 @@
-"""Run the benchmarks: `python -m benchmarks [NAME ...]`; print a table; JSON in build/bench/."""
+"""Run the benchmarks: `python -m benchmarks [NAME ...]`; print a table; JSON in build/bench/.
+
+Without names: all but ``ablation`` (an hour of training; name it to run it)."""
 
 from __future__ import annotations
 
 import sys
 
-from . import bench_inference, bench_model, bench_patches, bench_transfer, bench_viewer
+from . import (bench_ablation, bench_inference, bench_model, bench_patches, bench_transfer,
+               bench_viewer)
 
 BENCHMARKS = {
     "patches": (bench_patches.sampling, bench_patches.report_sampling),
@@ -13,7 +16,9 @@ BENCHMARKS = {
     "viewer": (bench_viewer.viewer, bench_viewer.report_viewer),
     "inference": (bench_inference.inference, bench_inference.report_inference),
     "transfer": (bench_transfer.transfer, bench_transfer.report_transfer),
+    "ablation": (bench_ablation.ablation, bench_ablation.report_ablation),
 }
+LONG = ("ablation",)
 
 
 def main(names: list[str]) -> int:
@@ -22,7 +27,7 @@ def main(names: list[str]) -> int:
         print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}", file=sys.stderr)
         return 2
     rows = []
-    for name in names or BENCHMARKS:
+    for name in names or [n for n in BENCHMARKS if n not in LONG]:
         run, report = BENCHMARKS[name]
         print(f"[bench] {name} ...", flush=True)
         rows += report(run())

@@ -108,3 +108,15 @@ def test_several_foci_and_cysts_shape_the_label(fixed_case):
     assert ndimage.label(one > 0)[1] >= 1
     _, cyst = synthetic.synthesize_case(0, 1, replace(FIXED, cyst_chance=1.0))
     assert np.count_nonzero(cyst == 2) > 0  # a cyst is tumour core (non-enhancing label)
+
+
+def test_a_folder_of_other_generator_ranges_is_refused(tmp_path):
+    from tumorseg.errors import InputError
+
+    synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)
+    synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)  # same
+    with pytest.raises(InputError, match="dataset.json.*other custom generator ranges"):
+        synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False,
+                                generator=replace(FIXED, radius=(3.0, 3.0)))
+    with pytest.raises(InputError, match="of the custom generator, not default"):
+        synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False)

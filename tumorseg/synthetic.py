@@ -482,12 +482,14 @@ def dataset_json(case_ids: list[str], description: str) -> dict:
 
 
 def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progress: bool = True,
-                  workers: int | None = None, generator: str = "default") -> list[str]:
+                  workers: int | None = None, generator: str | Randomisation = "default"
+                  ) -> list[str]:
     """Write ``cases`` phantom cases in the MSD Task01 layout under ``out``; return their ids.
 
     ``generator`` names the ranges in :data:`GENERATORS` ("default" for training, "shifted" for
-    the benchmark). The progress bar shows on a terminal (tqdm's rule); ``progress=False`` hides
-    it always.
+    the benchmark) or is a :class:`Randomisation` ("custom"); ``dataset.json`` records the
+    ranges, and a folder of other ranges is refused. The progress bar shows on a terminal
+    (tqdm's rule); ``progress=False`` hides it always.
 
     Cases are made in ``workers`` processes (default: one per core). Each file is written
     atomically and complete cases of the same seed are kept, so an interrupted run resumes.
@@ -496,12 +498,16 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
 
     from tqdm.auto import tqdm
 
-    if generator not in GENERATORS:
+    if isinstance(generator, Randomisation):
+        name, randomisation = "custom", generator
+    elif generator in GENERATORS:
+        name, randomisation = generator, GENERATORS[generator]
+    else:
         raise ValueError(f"unknown generator {generator!r}; choose from {list(GENERATORS)}")
     out = Path(out)
-    _check_same_seed(out, seed, generator)
+    _check_same_seed(out, seed, name, randomisation)
     ids = [f"BRATS_{i + 1:03d}" for i in range(cases)]
-    todo = [(out, seed, index, case_id, generator) for index, case_id in enumerate(ids)
+    todo = [(out, seed, index, case_id, randomisation) for index, case_id in enumerate(ids)
             if not all((out / folder / f"{case_id}.nii.gz").exists()
                        for folder in ("imagesTr", "labelsTr"))]
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
@@ -517,18 +523,25 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
                 for _ in pool.map(_write_case, *zip(*todo)):
                     bar.update()
     with atomic_path(out / "dataset.json") as tmp:
-        description = f"tumorseg synthetic phantoms, seed {seed}, {generator} generator"
-        manifest = dataset_json(ids, description) | {"seed": seed, "generator": generator}
+        description = f"tumorseg synthetic phantoms, seed {seed}, {name} generator"
+        manifest = dataset_json(ids, description) | {"seed": seed, "generator": name,
+                                                     "randomisation": _ranges(randomisation)}
         tmp.write_text(json.dumps(manifest, indent=2))
     return ids
 
 
-def _check_same_seed(out: Path, seed: int, generator: str = "default") -> None:
+def _ranges(randomisation: Randomisation) -> dict:
+    """The ranges as JSON gives them back (tuples as lists)."""
+    return json.loads(json.dumps(randomisation.to_dict()))
+
+
+def _check_same_seed(out: Path, seed: int, generator: str, randomisation: Randomisation) -> None:
     manifest = out / "dataset.json"
     if manifest.exists():
         try:
             values = json.loads(manifest.read_text())
-            previous = values.get("seed"), values.get("generator", "default")
+            previous = (values.get("seed"), values.get("generator", "default"),
+                        values.get("randomisation"))
         except (ValueError, AttributeError):
             raise InputError(manifest, "not a JSON dataset description") from None
         if previous[0] != seed:
@@ -537,10 +550,14 @@ def _check_same_seed(out: Path, seed: int, generator: str = "default") -> None:
         if previous[1] != generator:
             raise InputError(manifest, f"holds a dataset of the {previous[1]} generator, not "
                                        f"{generator}: choose another --out folder")
+        if previous[2] is not None and previous[2] != _ranges(randomisation):
+            raise InputError(manifest, f"holds a dataset of other {generator} generator ranges "
+                                       f"(an earlier version?): choose another --out folder")
 
 
-def _write_case(out: Path, seed: int, index: int, case_id: str, generator: str = "default") -> None:
-    image, label = synthesize_case(seed, index, generator)
+def _write_case(out: Path, seed: int, index: int, case_id: str,
+                randomisation: Randomisation) -> None:
+    image, label = synthesize_case(seed, index, randomisation)
     affine = mni_anatomy()["affine"]
     save_nifti(label, out / "labelsTr" / f"{case_id}.nii.gz", _reference(affine, np.uint8))
     save_nifti(image, out / "imagesTr" / f"{case_id}.nii.gz", _reference(affine, np.float32))
