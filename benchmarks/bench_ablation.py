@@ -3,9 +3,10 @@ it (32 cases, the same time limit) on variants of the generator's ranges and of 
 augmentation, each scored on held-out phantoms of its own generator and of the shifted one
 (:func:`benchmarks.bench_transfer.dice_on`, no TTA).
 
-Long (one `make run`-length training per variant, about 20 minutes each on two cores), so plain
-`make bench` leaves it out: `python -m benchmarks ablation`. ``TUMORSEG_ABLATION_MINUTES``
-shortens each training (default 15, as `make run`). A finished variant is not trained again.
+Long (one `make run`-length training per variant: about 20 minutes each, 80 in all, on two
+cores), so plain `make bench` leaves it out: `python -m benchmarks ablation`. ``TUMORSEG_ABLATION_MINUTES`` and
+``TUMORSEG_ABLATION_CASES`` shorten it (defaults 15 and 32, as `make run`). A finished variant
+is not trained again.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from .bench_transfer import HELD_OUT, dice_on, held_out
 from .common import OUT, save
 
 MINUTES = float(os.environ.get("TUMORSEG_ABLATION_MINUTES", 15))
-CASES = 32  # as `make run`
-# name -> (what changes from the defaults, generator overrides, factor on patch gamma/bias/blur)
+CASES = int(os.environ.get("TUMORSEG_ABLATION_CASES", 32))
+# name -> (what differs, generator overrides, patch augmentation overrides)
+STRONG = {"gamma": 0.3, "bias": 0.2, "blur": 0.8}  # the patch augmentation before
 VARIANTS = {
-    "before": ("radius 3-24 mm, patch gamma/bias/blur x2 (the defaults before)",
-               {"radius": (3.0, 24.0)}, 2.0),
-    "radius": ("radius 8-24 mm, patch gamma/bias/blur x2", {}, 2.0),
-    "default": ("radius 8-24 mm, patch gamma/bias/blur as default (now)", {}, 1.0),
+    "before": ("radius 3-24 mm, patch gamma/bias/blur 0.3/0.2/0.8 (the defaults before)",
+               {"radius": (3.0, 24.0)}, STRONG),
+    "radius": ("radius 8-24 mm, patch gamma/bias/blur 0.3/0.2/0.8", {}, STRONG),
+    "half": ("radius 8-24 mm, patch gamma/bias/blur 0.15/0.1/0.4", {},
+             {name: value / 2 for name, value in STRONG.items()}),
+    "default": ("radius 8-24 mm, no patch gamma/bias/blur (the defaults now)", {}, {}),
 }
 
 
@@ -35,7 +39,7 @@ def train_variant(name: str) -> dict:
     from tumorseg.synthetic import DEFAULT, write_dataset
     from tumorseg.train import TrainConfig, resume, train
 
-    _, overrides, factor = VARIANTS[name]
+    _, overrides, augmentation = VARIANTS[name]
     randomisation = replace(DEFAULT, **overrides)
     data = OUT / "ablation" / (f"data-{name}" if overrides else "data-default")
     write_dataset(data / "train", cases=CASES, seed=0, progress=False, generator=randomisation)
@@ -45,11 +49,9 @@ def train_variant(name: str) -> dict:
     if (run / "config.json").exists():
         state = resume(run, verbose=0)
     else:
-        base = Augmentation()
-        augmentation = replace(base, gamma=base.gamma * factor, bias=base.bias * factor,
-                               blur=base.blur * factor)
         config = TrainConfig.from_preset(data / "train", "cpu", time_limit_minutes=MINUTES)
-        state = train(replace(config, augmentation=augmentation), run, verbose=0)
+        config = replace(config, augmentation=replace(Augmentation(), **augmentation))
+        state = train(config, run, verbose=0)
     predictor = Predictor.from_run(run)
     return {"epochs": state["epoch"], "ended": state["ended"],
             "own": dice_on(predictor, data / "held-out"),

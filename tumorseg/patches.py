@@ -175,11 +175,12 @@ class Augmentation:
     scale: float = 0.1  # per-channel intensity factor in [1 - scale, 1 + scale]
     shift: float = 0.1  # per-channel offset in [-shift, shift] (in standardised units)
     noise: float = 0.05  # Gaussian noise of std up to this (standardised units)
-    # The phantom generator already draws gamma, bias and blur per case: the patch adds a
-    # little more (twice these values fitted and transferred worse: README, "Measured").
-    gamma: float = 0.15  # per-channel gamma exp(u), u uniform in [-gamma, gamma]
-    bias: float = 0.1  # smooth multiplicative field exp(b * field), b uniform in [0, bias]
-    blur: float = 0.4  # Gaussian blur, sigma uniform in [0, blur] voxels per channel
+    # Off by default: the phantom generator draws gamma, bias and blur per case, and adding
+    # them per patch made 15-minute cpu runs fit and transfer worse (README, "Measured").
+    # Worth turning on for real training data, which has no generator behind it.
+    gamma: float = 0.0  # per-channel gamma exp(u), u uniform in [-gamma, gamma]
+    bias: float = 0.0  # smooth multiplicative field exp(b * field), b uniform in [0, bias]
+    blur: float = 0.0  # Gaussian blur, sigma uniform in [0, blur] voxels per channel
 
     def to_dict(self) -> dict:
         return asdict(self)
