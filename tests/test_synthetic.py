@@ -3,6 +3,7 @@ says (orderings kept, thick slices averaged, mass effect pushing outward, severa
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -120,3 +121,9 @@ def test_a_folder_of_other_generator_ranges_is_refused(tmp_path):
                                 generator=replace(FIXED, radius=(3.0, 3.0)))
     with pytest.raises(InputError, match="of the custom generator, not default"):
         synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False)
+    manifest = tmp_path / "dataset.json"  # as written before the ranges were recorded
+    values = json.loads(manifest.read_text())
+    del values["randomisation"]
+    manifest.write_text(json.dumps(values))
+    with pytest.raises(InputError, match="other custom generator ranges"):
+        synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)

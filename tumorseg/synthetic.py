@@ -550,7 +550,7 @@ def _check_same_seed(out: Path, seed: int, generator: str, randomisation: Random
         if previous[1] != generator:
             raise InputError(manifest, f"holds a dataset of the {previous[1]} generator, not "
                                        f"{generator}: choose another --out folder")
-        if previous[2] is not None and previous[2] != _ranges(randomisation):
+        if previous[2] != _ranges(randomisation):  # None: written before ranges were recorded
             raise InputError(manifest, f"holds a dataset of other {generator} generator ranges "
                                        f"(an earlier version?): choose another --out folder")
 
