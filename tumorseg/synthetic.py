@@ -552,7 +552,8 @@ def _check_same_seed(out: Path, seed: int, generator: str, randomisation: Random
                                        f"{generator}: choose another --out folder")
         if previous[2] != _ranges(randomisation):  # None: written before ranges were recorded
             raise InputError(manifest, f"holds a dataset of other {generator} generator ranges "
-                                       f"(an earlier version?): choose another --out folder")
+                                       f"(an earlier version?): delete the folder or choose "
+                                       f"another --out folder")
 
 
 def _write_case(out: Path, seed: int, index: int, case_id: str,
