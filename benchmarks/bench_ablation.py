@@ -4,9 +4,9 @@ augmentation, each scored on held-out phantoms of its own generator and of the s
 (:func:`benchmarks.bench_transfer.dice_on`, no TTA).
 
 Long (one `make run`-length training per variant: about 20 minutes each, 80 in all, on two
-cores), so plain `make bench` leaves it out: `python -m benchmarks ablation`. ``TUMORSEG_ABLATION_MINUTES`` and
-``TUMORSEG_ABLATION_CASES`` shorten it (defaults 15 and 32, as `make run`). A finished variant
-is not trained again.
+cores), so plain `make bench` leaves it out: `python -m benchmarks ablation`.
+``TUMORSEG_ABLATION_MINUTES`` and ``TUMORSEG_ABLATION_CASES`` shorten it (defaults 15 and 32, as
+`make run`). A finished variant is not trained again.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ VARIANTS = {
     "radius": ("radius 8-24 mm, patch gamma/bias/blur 0.3/0.2/0.8", {}, STRONG),
     "half": ("radius 8-24 mm, patch gamma/bias/blur 0.15/0.1/0.4", {},
              {name: value / 2 for name, value in STRONG.items()}),
-    "default": ("radius 8-24 mm, no patch gamma/bias/blur (the defaults now)", {}, {}),
+    "default": ("radius 8-24 mm, no patch gamma/bias/blur (the defaults now)", {},
+                {name: 0.0 for name in STRONG}),
 }
 
 

@@ -505,7 +505,7 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
     else:
         raise ValueError(f"unknown generator {generator!r}; choose from {list(GENERATORS)}")
     out = Path(out)
-    _check_same_seed(out, seed, name, randomisation)
+    _check_same_dataset(out, seed, name, randomisation)
     ids = [f"BRATS_{i + 1:03d}" for i in range(cases)]
     todo = [(out, seed, index, case_id, randomisation) for index, case_id in enumerate(ids)
             if not all((out / folder / f"{case_id}.nii.gz").exists()
@@ -535,7 +535,7 @@ def _ranges(randomisation: Randomisation) -> dict:
     return json.loads(json.dumps(randomisation.to_dict()))
 
 
-def _check_same_seed(out: Path, seed: int, generator: str, randomisation: Randomisation) -> None:
+def _check_same_dataset(out: Path, seed: int, generator: str, randomisation: Randomisation) -> None:
     manifest = out / "dataset.json"
     if manifest.exists():
         try:
