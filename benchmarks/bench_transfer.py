@@ -46,9 +46,10 @@ def dice_on(predictor, folder: Path) -> dict[str, float]:
     return {region: float(mean[f"Dice {region}"]) for region in ("WT", "TC", "ET")}
 
 
-def real_pictures(predictor) -> list[dict]:
-    """For each real case under ``../shared/real``: a PNG of the prediction in three planes and
-    the predicted volume of each class (cm3). Empty when the folder is absent."""
+def real_pictures(predictor, run: Path = RUN, prefix: Path = OUT / "real") -> list[dict]:
+    """For each real case under ``../shared/real``: a PNG of ``run``'s prediction in three
+    planes (``{prefix}_{case}.png``) and the predicted volume of each class (cm3). Empty when the
+    folder is absent."""
     from tumorseg.data import find_cases, load_case, voxel_spacing
     from tumorseg.figures import plot_prediction
 
@@ -63,8 +64,8 @@ def real_pictures(predictor) -> list[dict]:
     for case in find_cases(REAL):
         image, _ = load_case(case)
         prediction = predictor.segment(image)
-        figure = plot_prediction(image, prediction, title=f"{case.id}: prediction of {RUN}")
-        path = OUT / f"real_{case.id}.png"
+        figure = plot_prediction(image, prediction, title=f"{case.id}: prediction of {run}")
+        path = prefix.parent / f"{prefix.name}_{case.id}.png"
         figure.savefig(path, dpi=70, facecolor=figure.get_facecolor())
         plt.close(figure)
         voxel_cm3 = float(np.prod(voxel_spacing(case))) / 1000

@@ -395,6 +395,16 @@ def _tumour(tissue: dict, rng: np.random.Generator,
     return full
 
 
+def resolve_generator(generator: str | Randomisation) -> tuple[str, Randomisation]:
+    """``(name, ranges)`` of a name in :data:`GENERATORS` or of a :class:`Randomisation`
+    (named "custom")."""
+    if isinstance(generator, Randomisation):
+        return "custom", generator
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; choose from {list(GENERATORS)}")
+    return generator, GENERATORS[generator]
+
+
 def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = DEFAULT
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Phantom case ``index`` of dataset ``seed``, drawn with ``randomisation`` (a
@@ -405,8 +415,7 @@ def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = 
             T1gd, T2, integer-valued like scanner data, zero outside the brain.
         label: uint8 (240, 240, 155): 0 background, 1 edema, 2 non-enhancing, 3 enhancing.
     """
-    if isinstance(randomisation, str):
-        randomisation = GENERATORS[randomisation]
+    _, randomisation = resolve_generator(randomisation)
     rng = np.random.default_rng([seed, index])
     anatomy = mni_anatomy()
     box = _anatomy_box(anatomy)
@@ -498,12 +507,7 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
 
     from tqdm.auto import tqdm
 
-    if isinstance(generator, Randomisation):
-        name, randomisation = "custom", generator
-    elif generator in GENERATORS:
-        name, randomisation = generator, GENERATORS[generator]
-    else:
-        raise ValueError(f"unknown generator {generator!r}; choose from {list(GENERATORS)}")
+    name, randomisation = resolve_generator(generator)
     out = Path(out)
     _check_same_dataset(out, seed, name, randomisation)
     ids = [f"BRATS_{i + 1:03d}" for i in range(cases)]
