@@ -1,6 +1,6 @@
 """Run the benchmarks: `python -m benchmarks [NAME ...]`; print a table; JSON in build/bench/.
 
-Without names: all but ``ablation`` (an hour of training; name it to run it)."""
+Without names: all but ``ablation`` (about 2.7 hours of training; name it to run it)."""
 
 from __future__ import annotations
 
