@@ -68,14 +68,17 @@ def train_variant(name: str) -> dict:
     from tumorseg.train import TrainConfig, resume, train
 
     variant = VARIANTS[name]
-    randomisation = replace(DEFAULT, **variant.generator)
     folder = OUT / "ablation"
     cases = round(CASES * variant.cases)
-    own = f"-{name}" if variant.generator else "-default"
-    train_data = folder / ("train" + (own if cases == CASES else f"-{name}"))
-    held_out_data = folder / ("held-out" + own)
-    write_dataset(train_data, cases=cases, seed=0, progress=False, generator=randomisation)
-    write_dataset(held_out_data, cases=HELD_OUT, seed=1, progress=False, generator=randomisation)
+    if variant.generator:
+        generator = replace(DEFAULT, **variant.generator)
+        held_out_data = folder / f"held-out-{name}"
+        write_dataset(held_out_data, cases=HELD_OUT, seed=1, progress=False, generator=generator)
+    else:  # the transfer benchmark's held-out phantoms, made once for both
+        generator, held_out_data = "default", held_out("default")
+    shared = not variant.generator and cases == CASES
+    train_data = folder / ("train-default" if shared else f"train-{name}")
+    write_dataset(train_data, cases=cases, seed=0, progress=False, generator=generator)
     run = folder / f"run-{name}"
     if (run / "config.json").exists():
         state = resume(run, verbose=0)
