@@ -226,14 +226,14 @@ def tumour_region(label: np.ndarray, window: tuple[int, int, int]) -> tuple[slic
     """The tumour's bounding box grown by half a ``window`` on each side (and to at least the
     window), within the volume: a region where random windows mostly hold tumour.
     label: ``(x, y, z)``; the whole volume when it has no tumour."""
-    present = np.nonzero(np.asarray(label))
+    from tumorseg.patches import bounding_box
+
+    tumour = bounding_box(label, margin=tuple(w // 2 for w in window))
+    if tumour is None:
+        return tuple(slice(0, size) for size in np.shape(label))
     box = []
-    for axis, (size, w) in enumerate(zip(label.shape, window)):
-        if not present[0].size:
-            box.append(slice(0, size))
-            continue
-        lo, hi = int(present[axis].min()) - w // 2, int(present[axis].max()) + 1 + w // 2
-        lo, hi = max(0, lo), min(size, hi)
+    for (size, w), extent in zip(zip(np.shape(label), window), tumour):
+        lo, hi = extent.start, extent.stop
         if hi - lo < w:
             lo = max(0, min(lo, size - w))
             hi = min(size, lo + w)

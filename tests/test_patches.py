@@ -239,3 +239,17 @@ def test_hdf5_export_round_trips(tumour_dataset, tmp_path):
     assert X.shape == (2, 16, 16, 8, 4) and Y.shape == (2, 16, 16, 8, 3)
     np.testing.assert_array_equal(X[0], x)
     np.testing.assert_array_equal(Y[0], y)
+
+
+def test_bounding_box_of_non_zero_voxels_with_margin():
+    mask = np.zeros((20, 18, 12), np.float32)
+    assert patches.bounding_box(mask) is None
+    mask[3, 5:9, 11] = -0.5  # negative values count as non-zero
+    mask[7, 6, 4] = 2.0
+    assert patches.bounding_box(mask) == (slice(3, 8), slice(5, 9), slice(4, 12))
+    assert patches.bounding_box(mask, margin=2) == (slice(1, 10), slice(3, 11), slice(2, 12))
+    assert patches.bounding_box(mask != 0, margin=(0, 1, 9)) == (slice(3, 8), slice(4, 10),
+                                                                  slice(0, 12))
+    label = (mask != 0).astype(np.uint8)
+    assert patches.bounding_box(label) == patches.bounding_box(mask)
+    assert patches.bounding_box(np.ones((4, 5))) == (slice(0, 4), slice(0, 5))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data import CLASS_NAMES
+from .patches import bounding_box
 
 REGIONS = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}  # BraTS regions as sets of seed labels
 BATCH_AXIS = (0, 1, 2, 3)  # sum over batch and space, per class
@@ -151,8 +152,7 @@ def hausdorff95(pred_mask, true_mask, spacing=(1, 1, 1)) -> float:
     if not has_pred or not has_true:
         return empty_distance(pred_mask.shape, spacing)
     # Crop to the union's bounding box (plus one voxel): all surface points lie inside it.
-    union = np.nonzero(pred_mask | true_mask)
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in union)
+    box = bounding_box(pred_mask | true_mask, margin=1)
     pred_surface, true_surface = _surface(pred_mask[box]), _surface(true_mask[box])
     to_true = ndimage.distance_transform_edt(~true_surface, sampling=spacing)[pred_surface]
     to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[true_surface]

@@ -12,6 +12,7 @@ corners list every qualifying window exactly. None comes back only when no windo
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -106,7 +107,7 @@ def find_window(label: np.ndarray, window: tuple[int, int, int], background_thre
     def qualifies(count):  # the seed's test, on the foreground count
         return (volume - count) / volume < background_threshold
 
-    extent = tumour_extent(label)
+    extent = bounding_box(label)
     if extent is None or not qualifies(int(np.count_nonzero(label[extent]))):
         return None
     # Only corners whose window overlaps the tumour's bounding box can qualify.
@@ -127,20 +128,33 @@ def find_window(label: np.ndarray, window: tuple[int, int, int], background_thre
     return tuple(int(i) + lo for i, lo in zip(np.unravel_index(pick, counts.shape), low))
 
 
-def tumour_extent(label: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box of the non-zero voxels of a non-negative ``(X, Y, Z)`` label, or None.
+def bounding_box(mask: np.ndarray, margin: int | tuple[int, ...] = 0) -> tuple[slice, ...] | None:
+    """The smallest box holding every non-zero voxel of ``mask``, grown by ``margin`` voxels on
+    each side (per axis when a tuple) and clipped to the array; None when nothing is non-zero.
 
-    Uses max-projections (vectorised, no temporary mask): about 0.5 ms on 240x240x155.
+    mask: ``(X, Y, Z)`` (any number of axes), any dtype; non-zero means inside.
+    Returns one slice per axis. Uses projections (vectorised, no index lists): about 0.5 ms on
+    a 240x240x155 uint8 label.
     """
-    along_x = label.reshape(label.shape[0], -1).max(axis=1)
-    plane_yz = label.max(axis=0)
-    profiles = (along_x, plane_yz.max(axis=1), plane_yz.max(axis=0))
+    mask = np.asarray(mask)
+    if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.unsignedinteger)):
+        mask = mask != 0  # max-projections below need "non-zero" to mean "greater than zero"
+    margins = (margin,) * mask.ndim if isinstance(margin, (int, np.integer)) else tuple(margin)
+    if mask.size == 0:
+        return None
+    if mask.ndim == 3:
+        plane = mask.max(axis=0)
+        profiles = (mask.reshape(mask.shape[0], -1).max(axis=1), plane.max(axis=1),
+                    plane.max(axis=0))
+    else:
+        profiles = [mask.max(axis=tuple(a for a in range(mask.ndim) if a != axis))
+                    for axis in range(mask.ndim)]
     box = []
-    for profile in profiles:
+    for profile, size, grow in zip(profiles, mask.shape, margins):
         hits = np.flatnonzero(profile)
         if hits.size == 0:
             return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        box.append(slice(max(0, int(hits[0]) - grow), min(size, int(hits[-1]) + 1 + grow)))
     return tuple(box)
 
 
@@ -241,12 +255,13 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
 
 def brain_box(image: np.ndarray, min_shape: tuple[int, int, int] = (1, 1, 1)) -> tuple[slice, ...]:
     """Bounding box of the voxels non-zero in any channel, grown (within the volume) to at least
-    ``min_shape``. image: ``(x, y, z, C)``."""
-    inside = np.any(image != 0, axis=-1)
+    ``min_shape``; the whole volume when no voxel is non-zero. image: ``(x, y, z, C)``."""
+    signal = bounding_box(np.any(image != 0, axis=-1))
+    if signal is None:
+        signal = tuple(slice(0, size) for size in image.shape[:3])
     box = []
-    for axis, (size, need) in enumerate(zip(inside.shape, min_shape)):
-        profile = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo, hi = (int(profile[0]), int(profile[-1]) + 1) if profile.size else (0, size)
+    for size, need, extent in zip(image.shape[:3], min_shape, signal):
+        lo, hi = extent.start, extent.stop
         grow = max(0, min(need, size) - (hi - lo))
         lo = max(0, min(lo - grow // 2, size - max(hi - lo, need)))
         box.append(slice(lo, min(size, max(hi, lo + need))))
@@ -260,24 +275,75 @@ def pad_to(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.pad(array, pad) if any(p[1] for p in pad) else array
 
 
-@dataclass
+OPEN_ARRAYS = 32  # cached arrays held open (memory-mapped) at once, whatever the dataset's size
+
+
+@lru_cache(maxsize=OPEN_ARRAYS)
+def _open_array(path: str, stamp: tuple[int, int]) -> np.ndarray:
+    """A read-only memory map of a .npy file; ``stamp`` (inode, mtime) tells rewrites apart.
+
+    An open map holds one file descriptor: the LRU bounds them, and a map it drops is closed
+    once no reader holds it."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def cached_array(path: str | Path) -> np.ndarray:
+    """The .npy array at ``path`` as a read-only memory map, from a small LRU of open maps."""
+    stat = os.stat(path)
+    return _open_array(str(path), (stat.st_ino, stat.st_mtime_ns))
+
+
+@dataclass(frozen=True)
 class CachedCase:
-    """A case cropped to its brain, as memory-mapped arrays."""
+    """A case cropped to its brain, saved as three .npy files under ``folder``
+    (``<id>.image.npy`` ``(x, y, z, 4)`` float32, ``<id>.label.npy`` ``(x, y, z)`` uint8,
+    ``<id>.tumour.npy`` flat indices of the tumour voxels, int64).
+
+    Only the shape and the tumour count stay in memory: the arrays are read when a patch is
+    cut, through a small LRU of open memory maps (:data:`OPEN_ARRAYS`), so a dataset of any
+    size holds a bounded number of open files and a bounded amount of memory.
+    """
 
     id: str
-    image: np.ndarray  # (x, y, z, 4) float32
-    label: np.ndarray  # (x, y, z) uint8
-    tumour: np.ndarray  # flat indices of tumour voxels, int64
+    folder: Path
+    shape: tuple[int, int, int]  # (x, y, z) of the cropped case
+    tumour_count: int
+
+    def path(self, part: str) -> Path:
+        return self.folder / f"{self.id}.{part}.npy"
+
+    @property
+    def image(self) -> np.ndarray:
+        """``(x, y, z, 4)`` float32, memory-mapped."""
+        return cached_array(self.path("image"))
+
+    @property
+    def label(self) -> np.ndarray:
+        """``(x, y, z)`` uint8, memory-mapped."""
+        return cached_array(self.path("label"))
+
+    @property
+    def tumour(self) -> np.ndarray:
+        """Flat indices of the tumour voxels ``(tumour_count,)`` int64, memory-mapped."""
+        return cached_array(self.path("tumour"))
+
+    def tumour_voxel(self, k: int) -> tuple[int, int, int]:
+        """Coordinates of the ``k``-th tumour voxel."""
+        return tuple(int(v) for v in np.unravel_index(int(self.tumour[k]), self.shape))
+
+    def read(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the image ``(bx, by, bz, 4)`` and label ``(bx, by, bz)`` inside ``box``."""
+        return np.array(self.image[box]), np.array(self.label[box])
 
 
 def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -> CachedCase:
     """Load ``case`` once, crop it to its brain, clip its intensities
     (:func:`tumorseg.data.clip_intensities`), save it as .npy under ``cache_dir`` (atomically)
-    and return memory-mapped views. A complete cache is reused."""
+    and return its :class:`CachedCase`. A complete cache is reused."""
     from .data import atomic_path, clip_intensities, load_case
 
-    cache_dir = Path(cache_dir)
-    paths = {part: cache_dir / f"{case.id}.{part}.npy" for part in ("image", "label", "tumour")}
+    cached = CachedCase(case.id, Path(cache_dir), (0, 0, 0), 0)
+    paths = {part: cached.path(part) for part in ("image", "label", "tumour")}
     if not all(p.exists() for p in paths.values()):
         image, label = load_case(case)
         if label is None:
@@ -291,8 +357,18 @@ def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -
         for part in ("tumour", "label", "image"):  # image last: its presence marks completeness
             with atomic_path(paths[part]) as tmp:
                 np.save(tmp, np.ascontiguousarray(arrays[part]), allow_pickle=False)
-    loaded = {part: np.load(p, mmap_mode="r", allow_pickle=False) for part, p in paths.items()}
-    return CachedCase(case.id, loaded["image"], loaded["label"], np.asarray(loaded["tumour"]))
+    return CachedCase(case.id, Path(cache_dir), _npy_shape(paths["label"]),
+                      _npy_shape(paths["tumour"])[0])
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape a .npy file's header declares (the file is opened and closed at once)."""
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, _ = read(file)
+    return tuple(int(s) for s in shape)
 
 
 class PatchSampler:
@@ -313,9 +389,9 @@ class PatchSampler:
         self.seed, self.num_classes = seed, num_classes
 
     def corner(self, case: CachedCase, rng: np.random.Generator) -> tuple[int, int, int]:
-        shape = case.label.shape
-        if case.tumour.size and rng.random() < self.tumour_share:
-            voxel = np.unravel_index(case.tumour[rng.integers(case.tumour.size)], shape)
+        shape = case.shape
+        if case.tumour_count and rng.random() < self.tumour_share:
+            voxel = case.tumour_voxel(rng.integers(case.tumour_count))
             return tuple(int(np.clip(v - rng.integers(w), 0, s - w))
                          for v, w, s in zip(voxel, self.patch_shape, shape))
         return tuple(int(rng.integers(s - w + 1)) for w, s in zip(self.patch_shape, shape))
@@ -326,8 +402,9 @@ class PatchSampler:
         case = self.cases[int(rng.integers(len(self.cases)))]
         corner = self.corner(case, rng)
         box = tuple(slice(c, c + w) for c, w in zip(corner, self.patch_shape))
-        x = standardize(case.image[box])
-        y = one_hot(np.asarray(case.label[box]), self.num_classes)
+        image, label = case.read(box)
+        x = standardize(image)
+        y = one_hot(label, self.num_classes)
         return augment(x, y, rng, self.augmentation)
 
 

@@ -238,9 +238,9 @@ def smooth_field(shape: tuple[int, ...], scale: float, rng: np.random.Generator)
 
 def _anatomy_box(anatomy: dict, margin: int = 24) -> tuple[slice, slice, slice]:
     """The template brain's bounding box in the grid, grown by ``margin`` voxels."""
-    nonzero = np.nonzero(anatomy["brain"])
-    return tuple(slice(max(0, int(i.min()) - margin), min(s, int(i.max()) + margin + 1))
-                 for i, s in zip(nonzero, SHAPE))
+    from .patches import bounding_box
+
+    return bounding_box(anatomy["brain"], margin)
 
 
 def _rotation(angles_deg: np.ndarray) -> np.ndarray:
