@@ -69,13 +69,52 @@ def scan(shape=(30, 26, 14), brain=(slice(5, 25), slice(3, 23), slice(2, 12))):
     return image, brain
 
 
+def first_voxel_model(fixed=(8, 8, 4)):
+    """A model whose output varies per window: the sigmoid of the window's first voxel (channel
+    0), everywhere in the window and in all three channels."""
+    inputs = keras.Input((*fixed, 4))
+    corner = keras.layers.Lambda(lambda w: keras.ops.sigmoid(w[:, :1, :1, :1, :1]))(inputs)
+    outputs = keras.layers.Lambda(
+        lambda c: keras.ops.broadcast_to(c, (keras.ops.shape(c)[0], *fixed, 3)))(corner)
+    return keras.Model(inputs, outputs)
+
+
 def test_stitching_is_a_weighted_average_inside_the_brain_box():
+    """Each voxel inside the brain box gets the Gaussian-weighted average of the windows over
+    it, each window's value differing (computed here by hand); outside the box, zero."""
     image, brain = scan()
-    out = predict_volume(constant_model(0.7), image, overlap=0.5)
+    out = predict_volume(first_voxel_model(), image, overlap=0.5)
+    crop = clip_intensities(image[brain])  # the brain box, clipped as in training
+    # The documented weights, written out here: a Gaussian of sigma window/8 per axis, max 1.
+    axes = [np.exp(-0.5 * ((np.arange(w) - (w - 1) / 2) / (w / 8)) ** 2) for w in (8, 8, 4)]
+    weights = np.maximum(np.einsum("i,j,k->ijk", *axes) / np.prod([a.max() for a in axes]), 1e-3)
+    total, norm = np.zeros(crop.shape[:3]), np.zeros(crop.shape[:3])
+    for x in window_starts(crop.shape[0], 8, 0.5):
+        for y in window_starts(crop.shape[1], 8, 0.5):
+            for z in window_starts(crop.shape[2], 4, 0.5):
+                box = (slice(x, x + 8), slice(y, y + 8), slice(z, z + 4))
+                value = 1 / (1 + np.exp(-standardize(crop[box])[0, 0, 0, 0]))
+                total[box] += weights * value
+                norm[box] += weights
+    expected = total / norm
+    assert expected.std() > 0.05  # the windows disagree: the weighting decides the result
+    for channel in range(3):
+        np.testing.assert_allclose(out[brain][..., channel], expected, rtol=1e-4)
     inside = np.zeros(image.shape[:3], bool)
     inside[brain] = True
-    np.testing.assert_allclose(out[inside], 0.7, rtol=1e-5)
     assert np.all(out[~inside] == 0)
+
+
+def test_a_scan_without_signal_is_background_without_running_the_network():
+    """An all-zero scan: the brain box of nothing would be everything, and a network whose bias
+    says 0.9 would paint it all edema; the result must be empty by construction."""
+    image = np.zeros((30, 26, 14, 4), np.float32)
+    model = constant_model(0.9)
+    out = predict_volume(model, image)
+    assert out.shape == (30, 26, 14, 3) and not out.any()
+    assert not to_label_map(out).any()
+    free = unet_model_3d(input_shape=(16, 16, 8, 4), n_base_filters=2, depth=3)
+    assert not predict_volume(free, image, tta=True).any()
 
 
 def test_unet_of_fixed_and_free_size_and_options():

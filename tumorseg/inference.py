@@ -188,12 +188,14 @@ def keras_predictor(net, tta: bool = False) -> Callable[[np.ndarray], np.ndarray
 def _slide(net, patch_shape, image: np.ndarray, overlap: float, tta: bool, batch_size: int,
            progress: bool) -> np.ndarray:
     """Probabilities of ``net`` over the brain box of ``image`` (its intensities clipped as for
-    training), zero outside it."""
+    training), zero outside it; all zero, without running ``net``, for a scan without signal."""
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     image = np.asarray(image, dtype=np.float32)
+    if not image.any():  # no signal: background by construction, without running the network
+        return np.zeros(image.shape[:3] + (net.output_shape[-1],), np.float32)
     free = net.input_shape[1] is None
     multiple = 2 ** sum(layer.name.startswith("pool") for layer in net.layers) if free else 1
     box = brain_box(image)
@@ -222,7 +224,8 @@ def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = 
 
     Returns:
         float32 ``(X, Y, Z, 3)`` sigmoid probabilities (edema, non-enhancing, enhancing); zero
-        outside the brain's bounding box.
+        outside the brain's bounding box, and everywhere for an all-zero scan (the network is
+        not run: empty input, empty output).
     """
     net, patch = inference_model(model, precision, patch_shape)
     return _slide(net, patch, image, overlap, tta, batch_size, progress)
