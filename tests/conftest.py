@@ -12,14 +12,19 @@ import pytest
 SMALL = (12, 10, 8)
 
 
-def write_nifti(path: Path, data: np.ndarray, slope: float | None = None) -> Path:
-    """Write ``data`` as NIfTI; with ``slope`` store it as int16 scaled by that factor."""
+LPS = np.diag([-1.0, -1.0, 2.5, 1.0])  # L, P, S, as BraTS headers say
+
+
+def write_nifti(path: Path, data: np.ndarray, slope: float | None = None,
+                affine: np.ndarray = LPS) -> Path:
+    """Write ``data`` as NIfTI under ``affine``; with ``slope`` store it as int16 scaled by that
+    factor."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if slope is not None:
-        img = nib.Nifti1Image(np.round(data / slope).astype(np.int16), np.eye(4))
+        img = nib.Nifti1Image(np.round(data / slope).astype(np.int16), affine)
         img.header.set_slope_inter(slope, 0)
     else:
-        img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.5, 1.0]))
+        img = nib.Nifti1Image(data, affine)
     nib.save(img, path)
     return path
 
@@ -46,8 +51,10 @@ def msd_dir(tmp_path) -> Path:
     root = tmp_path / "Task01_BrainTumour"
     write_nifti(root / "imagesTr" / "BRATS_001.nii.gz", small_image(seed=1))
     write_nifti(root / "labelsTr" / "BRATS_001.nii.gz", small_label())
-    write_nifti(root / "imagesTr" / "BRATS_002.nii.gz", small_image(seed=2), slope=0.5)
-    write_nifti(root / "labelsTr" / "BRATS_002.nii.gz", small_label())
+    # BRATS_002 as MSD Task01 ships its files: an identity header over L, P, S voxels.
+    write_nifti(root / "imagesTr" / "BRATS_002.nii.gz", small_image(seed=2), slope=0.5,
+                affine=np.eye(4))
+    write_nifti(root / "labelsTr" / "BRATS_002.nii.gz", small_label(), affine=np.eye(4))
     write_nifti(root / "imagesTs" / "BRATS_900.nii.gz", small_image(seed=3))
     (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
     (root / "dataset.json").write_text(json.dumps({"name": "BRATS", "numTraining": 2}))

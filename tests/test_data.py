@@ -67,12 +67,26 @@ def test_a_single_case_folder_and_a_single_file_are_cases(brats2021_dir, msd_dir
     assert case.id == "BRATS_900"
 
 
-def test_label_mapping_tables():
-    from tumorseg.data import BRATS2021, BRATS2023, MSD
+# The BraTS challenge's own region definitions, in each release's file values.
+BRATS_REGIONS = {"brats2021": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+                 "brats2023": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}}
 
-    assert MSD.label_map == {0: 0, 1: 1, 2: 2, 3: 3}
-    assert BRATS2021.label_map == {0: 0, 1: 2, 2: 1, 4: 3}
-    assert BRATS2023.label_map == {0: 0, 1: 2, 2: 1, 3: 3}
+
+@pytest.mark.parametrize("layout", ["brats2021", "brats2023"])
+def test_brats_label_files_keep_the_challenge_regions(layout, tmp_path):
+    """A label file of random BraTS values, loaded: the edema class is exactly the voxels the
+    file calls edema (value 2 in both releases), and every BraTS region (WT, TC, ET, as the
+    challenge defines them on the file values) is the same voxels as ours on the loaded map."""
+    from tumorseg.metrics import region_masks
+
+    values = sorted({v for region in BRATS_REGIONS[layout].values() for v in region} | {0})
+    stored = np.random.default_rng(1).choice(values, size=SMALL).astype(np.uint8)
+    path = write_nifti(tmp_path / "seg.nii.gz", stored)
+    label = load_label(path, layout)
+    masks = region_masks(label)
+    np.testing.assert_array_equal(masks["Edema"], stored == 2)
+    for region, file_values in BRATS_REGIONS[layout].items():
+        np.testing.assert_array_equal(masks[region], np.isin(stored, file_values), err_msg=region)
 
 
 def test_save_nifti_keeps_affine_and_header_and_is_atomic(msd_dir, tmp_path):
@@ -131,7 +145,9 @@ def test_corrupt_gzip_body(tmp_path):
     path = tmp_path / "garbled.nii.gz"
     raw = gzip.decompress(write_nifti(path, small_image()).read_bytes())
     packed = bytearray(gzip.compress(raw))
-    packed[len(packed) // 2: len(packed) // 2 + 64] = b"\xff" * 64
+    # Garbled from the start of the deflate stream (after gzip's 10-byte header): an invalid
+    # block type, whatever the data (garbling elsewhere may decode silently to other values).
+    packed[10:74] = b"\xff" * 64
     path.write_bytes(bytes(packed))
     expect_error(lambda: load_case(path), "garbled.nii.gz", "")
 

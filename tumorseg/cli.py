@@ -119,6 +119,23 @@ def prediction_targets(cases, out) -> tuple[list, "Path"]:
     return [out / f"{case.id}.nii.gz" for case in cases], out / "predict.json"
 
 
+def training_spacing(model: str) -> list[float] | None:
+    """The voxel spacing (mm along x, y, z) a run was trained at, from the run folder's
+    config.json (``--model`` names the folder or a .keras file in it); None when there is no
+    run folder or the run predates the record."""
+    import json
+    from pathlib import Path
+
+    model = Path(model)
+    config = (model if model.is_dir() else model.parent) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("spacing")
+    except (ValueError, AttributeError) as error:
+        raise InputError(config, f"not a tumorseg run configuration ({error})") from None
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     quiet_tensorflow()
     import json
@@ -127,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from . import __version__
-    from .data import atomic_path, find_cases, load_case, save_nifti
+    from .data import atomic_path, check_spacing, find_cases, load_scan, save_label_map, scan_grid
     from .inference import Predictor
 
     cases = find_cases(args.input)
@@ -136,6 +153,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         for target in targets:
             if target.exists():
                 raise InputError(target, "exists: pass --overwrite to replace it")
+    spacing = training_spacing(args.model)
+    for case in cases:  # every grid checked (headers only) before the model loads
+        check_spacing(scan_grid(case), spacing)
     predictor = Predictor.from_run(args.model)
     if args.precision == "bf16" and predictor.config is None:
         raise InputError("--precision", f"bf16 needs a tumorseg U-Net; {predictor.model_file} "
@@ -149,11 +169,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
               "batch_size": args.batch_size, "patch_shape": list(predictor.patch_shape),
               "tumorseg_version": __version__, "outputs": []}
     for case, target in tqdm(list(zip(cases, targets)), desc="cases", unit="case", disable=None):
-        image, _ = load_case(case)
+        image, _, grid = load_scan(case)  # in the training voxel order
         label_map = predictor.segment(image, threshold, overlap=args.overlap, tta=args.tta,
                                       precision=args.precision, batch_size=args.batch_size,
                                       progress=True)
-        save_nifti(label_map, target, case.reference)
+        save_label_map(label_map, target, grid)  # back in the scan's own grid and affine
         record["outputs"].append({"output": target.name,
                                   "inputs": [str(path.resolve()) for path in case.images]})
         print(f"{case.id}: {target}", flush=True)
@@ -165,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .data import atomic_path, find_cases, load_case, load_label, voxel_spacing
+    from .data import atomic_path, find_cases, load_label, load_scan
     from .metrics import case_metrics, metrics_table
 
     rows = {}
@@ -173,12 +193,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if case.label is None:
             continue
         pred_path = Path(args.pred) / f"{case.id}.nii.gz"
-        _, truth = load_case(case)
-        pred = load_label(pred_path)
-        if pred.shape != truth.shape:
+        _, truth, grid = load_scan(case)  # in the training voxel order
+        pred = load_label(pred_path)  # in the scan's own grid, as predict writes it
+        if pred.shape != grid.shape:
             raise InputError(pred_path, f"shape {pred.shape} does not match the truth "
-                                        f"{truth.shape} of {case.label.name}")
-        rows[case.id] = case_metrics(pred, truth, voxel_spacing(case))
+                                        f"{grid.shape} of {case.label.name}")
+        rows[case.id] = case_metrics(grid.training_order(pred), truth, grid.spacing)
     if not rows:
         raise InputError(args.truth, "no labelled cases to evaluate against")
     table = metrics_table(rows)

@@ -10,9 +10,15 @@ Three layouts are read:
 Whatever the layout, :func:`load_case` returns a channels-last float32 image ``(x, y, z, 4)``
 (FLAIR, T1, T1gd, T2, with the file's scaling applied) and a uint8 label ``(x, y, z)`` in the
 seed's values: 0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour.
-Both are C-contiguous. Arrays stay in the file's voxel order (no reorientation): BraTS files and
-the synthetic phantoms are L, P, S (``nibabel.aff2axcodes``); MSD Task01 holds the same voxels
-under an identity header. Values are the stored ones; :func:`clip_intensities` tames the negative
+Both are C-contiguous and in one voxel order whatever the file's: L, P, S (BraTS's; the first
+axis toward the patient's left, the second toward the back), as nibabel's ``io_orientation`` /
+``ornt_transform`` / ``apply_orientation``, MONAI's ``Orientationd`` and nnU-Net do it. The file's
+affine says how its voxels lie, with one exception: an MSD-layout file whose affine has an
+identity rotation-zoom part (MSD Task01 ships every file so) holds L, P, S voxels under a header
+that says R, A, S, and is taken as L, P, S (reorienting it by that header would mirror it against
+BraTS scans). :class:`Grid` records a scan's stored grid, so a prediction is written back in the
+scan's own voxel order and affine (:func:`save_label_map`). Sequences of one case must share one
+grid (shape and affine). Values are the stored ones; :func:`clip_intensities` tames the negative
 values and bright tails of real scans where a network will see them (training caches).
 
 Every problem with an input raises :class:`~tumorseg.errors.InputError` naming the file.
@@ -28,6 +34,7 @@ from typing import Iterator
 
 import nibabel as nib
 import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from .errors import InputError
 
@@ -35,6 +42,9 @@ CHANNELS = ("FLAIR", "T1", "T1gd", "T2")
 LABELS = {0: "background", 1: "edema", 2: "non-enhancing tumour", 3: "enhancing tumour"}
 CLASS_NAMES = ("Edema", "Non-Enhancing Tumor", "Enhancing Tumor")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+TRAINING_AXES = ("L", "P", "S")  # the voxel order every scan is brought to on load (BraTS's)
+AFFINE_TOLERANCE = 1e-3  # mm: affines closer than this are one grid
+SPACING_TOLERANCE = 0.10  # a scan's spacing may differ this much (relative) from training's
 
 
 @dataclass(frozen=True)
@@ -152,9 +162,100 @@ def _brats_case(folder: Path) -> Case:
 # ----------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A scan's voxel grid as stored, and the map between its voxel order and the training
+    order :data:`TRAINING_AXES`.
+
+    ``to_training`` is a nibabel orientation ``(3, 2)``: row ``i`` says which training axis
+    stored axis ``i`` becomes and whether it is flipped (-1).
+    """
+
+    path: Path  # the file whose affine and header a prediction carries
+    shape: tuple[int, int, int]  # (x, y, z) as stored
+    affine: np.ndarray  # (4, 4) as stored
+    to_training: np.ndarray  # (3, 2) orientation, stored -> training order
+    spacing: tuple[float, float, float]  # mm along the training axes
+
+    @property
+    def to_stored(self) -> np.ndarray:
+        """The inverse orientation ``(3, 2)``: training -> stored order."""
+        inverse = np.zeros((3, 2))
+        for axis, (target, flip) in enumerate(self.to_training):
+            inverse[int(target)] = (axis, flip)
+        return inverse
+
+    @property
+    def training_shape(self) -> tuple[int, int, int]:
+        """``(x, y, z)`` in the training voxel order."""
+        return tuple(self.shape[int(axis)] for axis in self.to_stored[:, 0])
+
+    def is_identity(self) -> bool:
+        return bool(np.array_equal(self.to_training, [[0, 1], [1, 1], [2, 1]]))
+
+    def training_order(self, array: np.ndarray) -> np.ndarray:
+        """``(x, y, z, ...)`` as stored -> C-contiguous in the training voxel order."""
+        if self.is_identity():
+            return np.ascontiguousarray(array)
+        return np.ascontiguousarray(apply_orientation(array, self.to_training))
+
+    def stored_order(self, array: np.ndarray) -> np.ndarray:
+        """``(x, y, z, ...)`` in the training voxel order -> C-contiguous as stored."""
+        if self.is_identity():
+            return np.ascontiguousarray(array)
+        return np.ascontiguousarray(apply_orientation(array, self.to_stored))
+
+
+def training_orientation(affine: np.ndarray, layout: str, path: Path) -> np.ndarray:
+    """The orientation ``(3, 2)`` that brings a file's voxels to :data:`TRAINING_AXES`.
+
+    An MSD-layout file whose affine has an identity rotation-zoom part is L, P, S already
+    (MSD Task01's headers say R, A, S over BraTS voxels); every other file is reoriented by its
+    affine (the nearest axes of an oblique one)."""
+    if layout == MSD.name and np.allclose(affine[:3, :3], np.eye(3)):
+        return np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+    stored = io_orientation(affine)
+    if np.isnan(stored).any():
+        raise InputError(path, "degenerate affine: its voxel axes do not span space")
+    return ornt_transform(stored, axcodes2ornt(TRAINING_AXES))
+
+
+def scan_grid(case_or_image_file: Case | str | os.PathLike) -> Grid:
+    """A case's grid, from the headers alone; raises InputError when its sequences (or its
+    label) do not share one shape and affine, naming both files."""
+    case = _as_case(case_or_image_file, None)
+    return _grid(case, [_open_nifti(path) for path in case.images],
+                 None if case.label is None else _open_nifti(case.label))
+
+
+def _grid(case: Case, images: list[nib.Nifti1Image], label: nib.Nifti1Image | None) -> Grid:
+    first, first_path = images[0], case.images[0]
+    shape = tuple(int(n) for n in first.shape[:3])
+    others = list(zip(case.images[1:], images[1:]))
+    for path, img in others + ([(case.label, label)] if label is not None else []):
+        if tuple(img.shape[:3]) != shape:
+            what = "label shape" if path == case.label else "shape"
+            raise InputError(path, f"{what} {tuple(img.shape[:3])} does not match image shape "
+                                   f"{shape} of {first_path.name}")
+        if not np.allclose(img.affine, first.affine, rtol=0, atol=AFFINE_TOLERANCE):
+            raise InputError(path, f"affine ({_axcodes(img.affine)}) differs from that of "
+                                   f"{first_path.name} ({_axcodes(first.affine)}): the files of "
+                                   f"one case must share one voxel grid")
+    to_training = training_orientation(first.affine, case.layout, first_path)
+    zooms = [float(z) for z in first.header.get_zooms()[:3]]
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(to_training):
+        spacing[int(target)] = zooms[axis]
+    return Grid(first_path, shape, np.array(first.affine), to_training, tuple(spacing))
+
+
+def _axcodes(affine: np.ndarray) -> str:
+    return "".join(str(code) for code in nib.aff2axcodes(affine))
+
+
 def load_case(case_or_image_file: Case | str | os.PathLike,
               label_file: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load and validate one case.
+    """Load and validate one case, in the training voxel order (L, P, S).
 
     Args:
         case_or_image_file: a :class:`Case`, a 4-D NIfTI image file (MSD order), or a BraTS case
@@ -165,16 +266,40 @@ def load_case(case_or_image_file: Case | str | os.PathLike,
         image: float32 ``(x, y, z, 4)``, C-contiguous, channels FLAIR, T1, T1gd, T2.
         label: uint8 ``(x, y, z)`` in the seed's values, or None where the case has no label.
     """
+    image, label, _ = load_scan(case_or_image_file, label_file)
+    return image, label
+
+
+def load_scan(case_or_image_file: Case | str | os.PathLike,
+              label_file: str | os.PathLike | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None, Grid]:
+    """:func:`load_case` and the case's :class:`Grid` (how to write a prediction back)."""
     case = _as_case(case_or_image_file, label_file)
     layout = LAYOUTS[case.layout]
-    image = _load_image(case, layout)
+    grid = scan_grid(case)
+    image = grid.training_order(_load_image(case, layout))
     if case.label is None:
-        return image, None
-    label = load_label(case.label, layout)
-    if label.shape != image.shape[:3]:
-        raise InputError(case.label, f"label shape {label.shape} does not match image shape "
-                                     f"{image.shape[:3]} of {case.images[0].name}")
-    return image, label
+        return image, None, grid
+    return image, grid.training_order(load_label(case.label, layout)), grid
+
+
+def check_spacing(grid: Grid, training_spacing) -> None:
+    """Refuse a scan whose voxel spacing differs by more than :data:`SPACING_TOLERANCE` from
+    ``training_spacing`` (mm along x, y, z; None: no check) along any axis."""
+    if training_spacing is None:
+        return
+    spacing, trained = np.asarray(grid.spacing), np.asarray(training_spacing, dtype=float)
+    off = np.abs(spacing - trained) > SPACING_TOLERANCE * trained
+    if off.any():
+        axis = "xyz"[int(np.argmax(off))]
+        raise InputError(grid.path, f"voxel spacing {_mm(spacing)} mm differs by more than "
+                                    f"{SPACING_TOLERANCE:.0%} from the training spacing "
+                                    f"{_mm(trained)} mm (along {axis}); resample the scan to "
+                                    f"the training spacing first")
+
+
+def _mm(spacing) -> str:
+    return " x ".join(f"{float(s):g}" for s in spacing)
 
 
 def _as_case(case_or_image_file, label_file) -> Case:
@@ -192,14 +317,7 @@ def _as_case(case_or_image_file, label_file) -> Case:
 def read_nifti(path: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
     """The NIfTI image object and its data (scaling applied, float32 for scaled or float data)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file")
-    try:
-        img = nib.load(path)
-    except Exception as error:  # nibabel raises many types for foreign files
-        raise InputError(path, f"not a NIfTI file ({_one_line(error, path)})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(path, f"not a NIfTI file ({type(img).__name__})")
+    img = _open_nifti(path)
     try:
         if np.issubdtype(img.get_data_dtype(), np.integer) and not _has_scaling(img):
             data = np.asarray(img.dataobj)
@@ -208,6 +326,20 @@ def read_nifti(path: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
     except Exception as error:  # EOFError, zlib.error, OSError, ValueError from a damaged file
         raise InputError(path, f"truncated or corrupt file ({_one_line(error, path)})") from None
     return img, data
+
+
+def _open_nifti(path: Path) -> nib.Nifti1Image:
+    """The NIfTI image object (header read, data not yet), validated as a NIfTI file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    try:
+        img = nib.load(path)
+    except Exception as error:  # nibabel raises many types for foreign files
+        raise InputError(path, f"not a NIfTI file ({_one_line(error, path)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"not a NIfTI file ({type(img).__name__})")
+    return img
 
 
 def _has_scaling(img: nib.Nifti1Image) -> bool:
@@ -306,8 +438,8 @@ def clip_intensities(image: np.ndarray, upper_percentile: float = 99.9) -> np.nd
 
 
 def voxel_spacing(case: Case) -> tuple[float, float, float]:
-    """Voxel size in millimetres along x, y, z."""
-    return tuple(float(s) for s in nib.load(case.reference).header.get_zooms()[:3])
+    """Voxel size in millimetres along x, y, z of the training voxel order (as loaded)."""
+    return scan_grid(case).spacing
 
 
 # ----------------------------------------------------------------------------- writing
@@ -350,6 +482,16 @@ def save_nifti(array: np.ndarray, path: str | os.PathLike,
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
     return path
+
+
+def save_label_map(label_map: np.ndarray, path: str | os.PathLike, grid: Grid) -> Path:
+    """Write a uint8 ``(x, y, z)`` label map in the training voxel order back in the scan's own
+    grid: its stored voxel order, with its file's affine and header (atomically)."""
+    label_map = np.asarray(label_map, dtype=np.uint8)
+    if label_map.shape != grid.training_shape:
+        raise ValueError(f"label map {label_map.shape} does not fit the grid of {grid.path} "
+                         f"({grid.training_shape} in training order)")
+    return save_nifti(grid.stored_order(label_map), path, grid.path)
 
 
 def dataset_table(root: str | os.PathLike, progress: bool = False):
