@@ -190,3 +190,20 @@ def test_predict_refuses_a_scan_at_another_spacing(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "_flair.nii.gz" in lines[0] and "training spacing" in lines[0]
     assert not (tmp_path / "p.nii.gz").exists()
+
+
+def test_a_prediction_off_the_scans_grid_is_refused(three_orders, tmp_path):
+    """evaluate reads a map in its scan's grid: another affine (or shape) is refused by name."""
+    from tumorseg.data import load_label_map
+
+    root, _, label = three_orders
+    grid = scan_grid(root / "BraTS2021_00001")  # stored R, A, S
+    stored = apply_orientation(label, ORDERS["ras"])
+    nib.save(nib.Nifti1Image(stored, grid.affine), tmp_path / "good.nii.gz")
+    np.testing.assert_array_equal(load_label_map(tmp_path / "good.nii.gz", grid), label)
+    nib.save(nib.Nifti1Image(stored, LPS), tmp_path / "moved.nii.gz")
+    with pytest.raises(InputError, match="moved.nii.gz.*affine"):
+        load_label_map(tmp_path / "moved.nii.gz", grid)
+    nib.save(nib.Nifti1Image(stored[:-1], grid.affine), tmp_path / "cut.nii.gz")
+    with pytest.raises(InputError, match="cut.nii.gz.*shape"):
+        load_label_map(tmp_path / "cut.nii.gz", grid)

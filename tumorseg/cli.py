@@ -185,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .data import atomic_path, find_cases, load_label, load_scan
+    from .data import atomic_path, find_cases, load_label_map, load_scan
     from .metrics import case_metrics, metrics_table
 
     rows = {}
@@ -194,11 +194,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             continue
         pred_path = Path(args.pred) / f"{case.id}.nii.gz"
         _, truth, grid = load_scan(case)  # in the training voxel order
-        pred = load_label(pred_path)  # in the scan's own grid, as predict writes it
-        if pred.shape != grid.shape:
-            raise InputError(pred_path, f"shape {pred.shape} does not match the truth "
-                                        f"{grid.shape} of {case.label.name}")
-        rows[case.id] = case_metrics(grid.training_order(pred), truth, grid.spacing)
+        pred = load_label_map(pred_path, grid)  # written in the scan's own grid, as predict does
+        rows[case.id] = case_metrics(pred, truth, grid.spacing)
     if not rows:
         raise InputError(args.truth, "no labelled cases to evaluate against")
     table = metrics_table(rows)

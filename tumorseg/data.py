@@ -494,6 +494,23 @@ def save_label_map(label_map: np.ndarray, path: str | os.PathLike, grid: Grid) -
     return save_nifti(grid.stored_order(label_map), path, grid.path)
 
 
+def load_label_map(path: str | os.PathLike, grid: Grid) -> np.ndarray:
+    """A predicted label map written in a scan's own grid (as :func:`save_label_map` writes it,
+    seed values), checked against that ``grid`` and returned uint8 ``(x, y, z)`` in the training
+    voxel order; raises InputError naming ``path`` when its shape or affine differ."""
+    path = Path(path)
+    label = load_label(path)
+    if label.shape != grid.shape:
+        raise InputError(path, f"shape {label.shape} does not match the scan's {grid.shape} "
+                               f"({grid.path.name})")
+    affine = _open_nifti(path).affine
+    if not np.allclose(affine, grid.affine, rtol=0, atol=AFFINE_TOLERANCE):
+        raise InputError(path, f"affine ({_axcodes(affine)}) differs from that of "
+                               f"{grid.path.name} ({_axcodes(grid.affine)}): not on the scan's "
+                               f"grid")
+    return grid.training_order(label)
+
+
 def dataset_table(root: str | os.PathLike, progress: bool = False):
     """Load and validate every case under ``root``; a pandas table with one row per case:
     case, layout, shape, spacing (mm) and voxels per label."""
