@@ -207,3 +207,16 @@ def test_a_prediction_off_the_scans_grid_is_refused(three_orders, tmp_path):
     nib.save(nib.Nifti1Image(stored[:-1], grid.affine), tmp_path / "cut.nii.gz")
     with pytest.raises(InputError, match="cut.nii.gz.*shape"):
         load_label_map(tmp_path / "cut.nii.gz", grid)
+
+
+def test_a_file_without_a_spatial_header_is_taken_as_stored(tmp_path):
+    """qform and sform codes 0: nibabel's affine is a guess (L, A, S), so the voxels are taken
+    as stored, in the BraTS order, whatever the layout."""
+    image, label = scan_in_lps()
+    folder = write_brats_case(tmp_path / "BraTS2021_00000", image, label, None)
+    img = nib.load(folder / f"{folder.name}_flair.nii.gz")
+    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0
+    assert nib.aff2axcodes(img.affine) != ("L", "P", "S")
+    loaded, loaded_label = load_case(folder)
+    np.testing.assert_array_equal(loaded, image)
+    np.testing.assert_array_equal(loaded_label, label)

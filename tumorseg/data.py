@@ -13,13 +13,14 @@ seed's values: 0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour
 Both are C-contiguous and in one voxel order whatever the file's: L, P, S (BraTS's; the first
 axis toward the patient's left, the second toward the back), as nibabel's ``io_orientation`` /
 ``ornt_transform`` / ``apply_orientation``, MONAI's ``Orientationd`` and nnU-Net do it. The file's
-affine says how its voxels lie, with one exception: an MSD-layout file whose affine has an
-identity rotation-zoom part (MSD Task01 ships every file so) holds L, P, S voxels under a header
-that says R, A, S, and is taken as L, P, S (reorienting it by that header would mirror it against
-BraTS scans). :class:`Grid` records a scan's stored grid, so a prediction is written back in the
-scan's own voxel order and affine (:func:`save_label_map`). Sequences of one case must share one
-grid (shape and affine). Values are the stored ones; :func:`clip_intensities` tames the negative
-values and bright tails of real scans where a network will see them (training caches).
+affine says how its voxels lie, with two exceptions taken as L, P, S as stored: an MSD-layout
+file whose affine has an identity rotation-zoom part (MSD Task01 ships its files so, over L, P, S
+voxels; reorienting them by that header would mirror them against BraTS scans), and a file
+without a spatial header (qform and sform codes 0). :class:`Grid` records a scan's stored grid,
+so a prediction is written back in the scan's own voxel order and affine
+(:func:`save_label_map`). Sequences of one case must share one grid (shape and affine). Values
+are the stored ones; :func:`clip_intensities` tames the negative values and bright tails of real
+scans where a network will see them (training caches).
 
 Every problem with an input raises :class:`~tumorseg.errors.InputError` naming the file.
 """
@@ -206,13 +207,15 @@ class Grid:
         return np.ascontiguousarray(apply_orientation(array, self.to_stored))
 
 
-def training_orientation(affine: np.ndarray, layout: str, path: Path) -> np.ndarray:
+def training_orientation(affine: np.ndarray, layout: str, path: Path,
+                         spatial_header: bool = True) -> np.ndarray:
     """The orientation ``(3, 2)`` that brings a file's voxels to :data:`TRAINING_AXES`.
 
     An MSD-layout file whose affine has an identity rotation-zoom part is L, P, S already
-    (MSD Task01's headers say R, A, S over BraTS voxels); every other file is reoriented by its
-    affine (the nearest axes of an oblique one)."""
-    if layout == MSD.name and np.allclose(affine[:3, :3], np.eye(3)):
+    (MSD Task01's headers say R, A, S over BraTS voxels), and so is a file without a spatial
+    header (``spatial_header`` False: qform and sform codes 0, nibabel's affine a guess); every
+    other file is reoriented by its affine (the nearest axes of an oblique one)."""
+    if not spatial_header or (layout == MSD.name and np.allclose(affine[:3, :3], np.eye(3))):
         return np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
     stored = io_orientation(affine)
     if np.isnan(stored).any():
@@ -241,7 +244,8 @@ def _grid(case: Case, images: list[nib.Nifti1Image], label: nib.Nifti1Image | No
             raise InputError(path, f"affine ({_axcodes(img.affine)}) differs from that of "
                                    f"{first_path.name} ({_axcodes(first.affine)}): the files of "
                                    f"one case must share one voxel grid")
-    to_training = training_orientation(first.affine, case.layout, first_path)
+    spatial = bool(first.header["qform_code"] or first.header["sform_code"])
+    to_training = training_orientation(first.affine, case.layout, first_path, spatial)
     zooms = [float(z) for z in first.header.get_zooms()[:3]]
     spacing = [0.0, 0.0, 0.0]
     for axis, (target, _) in enumerate(to_training):
