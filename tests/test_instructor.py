@@ -71,7 +71,7 @@ def test_solution_notebooks_get_full_marks(grades):
     for row in rows:
         assert float(row["points"]) == float(row["max_points"]) > 0, row
         assert row["message"] == "", row
-        assert row["notebook"] == public_tests.EXERCISES[row["exercise"]]
+        assert row["notebook"] == public_tests.EXERCISES[row["exercise"]].notebook
 
 
 def test_unsolved_learner_version_gets_zero_with_one_message_each(grades):
