@@ -33,6 +33,32 @@ def quiet_tensorflow() -> None:
     import_quietly()
 
 
+def make_synthetic_dataset(folder: str | Path, cases: int, seed: int) -> None:
+    """``tumorseg.synthetic.write_dataset`` with a progress bar in the notebook (its own bar
+    shows on a terminal only): it runs in a thread, one process per core, and the bar counts
+    the cases written. Complete cases already there are kept."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from tumorseg.synthetic import write_dataset
+
+    labels = Path(folder) / "labelsTr"
+
+    def written() -> int:
+        return sum(not p.name.startswith(".") for p in labels.glob("*.nii.gz"))
+
+    with ThreadPoolExecutor(1) as pool, tqdm(total=cases, desc="synthetic cases",
+                                             unit="case") as bar:
+        job = pool.submit(write_dataset, folder, cases=cases, seed=seed, progress=False)
+        while not job.done():
+            time.sleep(1)
+            bar.update(min(written(), cases) - bar.n)
+        job.result()
+        bar.update(cases - bar.n)
+
+
 def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     """The 2-D slice ``index`` of ``volume`` (first three axes x, y, z in BraTS voxel order
     L, P, S) in ``plane``, turned for display as 3D Slicer and ITK-SNAP show it: front of the
