@@ -3,9 +3,15 @@
 Each check runs the seed's worked examples and cases that catch the usual mistakes, prints
 "All tests passed." or raises an AssertionError that names the exercise and says what was
 expected, what came back, and what to look at. The learner's function runs under a time limit
-(``SECONDS_PER_CALL`` seconds a call): an endless loop fails with a message instead of hanging, and
+(``SECONDS_PER_CALL`` seconds a call): an endless loop fails with a message instead of hanging,
 an error raised inside the function (a ZeroDivisionError, a TypeError from a ``None`` left in
-the skeleton) becomes a message too.
+the skeleton) becomes a message too, and what the function prints is held back.
+
+Each function runs the way the later notebooks use it: Dice, soft Dice and the loss also on
+TensorFlow tensors inside a ``tf.GradientTape``. Each exercise is graded on its own: where a
+later exercise calls an earlier one that fails its own check, the check uses the library's
+version of the earlier one and says so. ``EXERCISES`` maps each exercise to its notebook and
+its library module.
 
 Arrays are channels-last: an image is ``(x, y, z, channels)``, a label ``(x, y, z, classes)``,
 a batch ``(batch, x, y, z, classes)``. The test arrays have several z-slices, so summing over

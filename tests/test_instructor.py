@@ -95,6 +95,7 @@ def grades(graded) -> list[dict]:
 
 def test_make_grade_prints_no_tensorflow_log(graded):
     assert not TENSORFLOW_LOG.search(graded[1]), graded[1]
+    assert "WARNING" not in graded[1], graded[1]  # nor the kernels' warnings
 
 
 def test_each_exercise_is_graded_on_its_own(grades):

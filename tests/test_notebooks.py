@@ -31,7 +31,9 @@ def execute(path: Path, parameters: dict, cwd: Path | None = None) -> nbformat.N
     cell.source += "\n# set by the tests\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
     client = NotebookClient(notebook, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(cwd or path.parent)}})
-    client.execute()
+    # Without PYTEST_CURRENT_TEST the kernel puts what is written to its file descriptors
+    # (TensorFlow's C++ log lines) into the notebook, as it does in JupyterLab.
+    client.execute(env={k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"})
     keep = os.environ.get("TUMORSEG_EXECUTED_NOTEBOOKS")  # a folder to keep them in, for a look
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
