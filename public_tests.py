@@ -440,9 +440,9 @@ def _check_unet(check, model, input_shape, n_labels, depth, n_base_filters, batc
     expected = unet_parameters(input_shape[-1], n_labels, depth, n_base_filters, batch_norm)
     if model.count_params() != expected:
         check.fail(f"{what}: expected {expected:,} parameters, got {model.count_params():,}. "
-                   f"Level d has two 3x3x3 convolutions with n_base_filters * 2**d then twice that many "
-                   f"filters; each expanding level concatenates the up-sampled features with the "
-                   f"skip and convolves twice to the skip's number of channels.")
+                   f"Level d has two 3x3x3 convolutions with n_base_filters * 2**d then twice that "
+                   f"many filters; each expanding level concatenates the up-sampled features with "
+                   f"the skip and convolves twice to the skip's number of channels.")
 
 
 def _producer(layer):

@@ -84,7 +84,8 @@ def _course_copy(tmp_path: Path, broken: dict[str, str] | None = None) -> Path:
     return tmp_path
 
 
-WRONG_STANDARDIZE = "import numpy as np\n\ndef standardize(image):\n    return image - image.mean()\n"
+WRONG_STANDARDIZE = ("import numpy as np\n\ndef standardize(image):\n"
+                     "    return image - image.mean()\n")
 
 
 def test_an_unsolved_exercise_stops_with_one_line(tmp_path):

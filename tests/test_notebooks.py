@@ -28,7 +28,8 @@ def execute(path: Path, parameters: dict, cwd: Path | None = None) -> nbformat.N
     """Run a notebook with ``parameters`` appended to its parameters cell; return it executed."""
     notebook = nbformat.read(path, as_version=4)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += "\n# set by the tests\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+    cell.source += "\n# set by the tests\n" + "\n".join(f"{k} = {v!r}"
+                                                     for k, v in parameters.items())
     client = NotebookClient(notebook, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(cwd or path.parent)}})
     # Without PYTEST_CURRENT_TEST the kernel puts what is written to its file descriptors
@@ -149,7 +150,8 @@ def test_05_training(trained):
     run, notebook = trained
     text = text_of(notebook)
     assert graded_passes(notebook) == 1 and check_expected_outputs(notebook) == 1
-    assert "ready: get_sub_volume, standardize, unet_model_3d, soft_dice_loss, dice_coefficient" in text
+    assert ("ready: get_sub_volume, standardize, unet_model_3d, soft_dice_loss, dice_coefficient"
+            in text)
     assert "first epoch:" in text and "all 1 epochs: about" in text  # the time warning, measured
     assert (run / "model.keras").exists() and (run / "history.csv").exists()
     assert displayed(notebook, "image/png") >= 1  # the curves
