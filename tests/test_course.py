@@ -72,6 +72,15 @@ def test_learner_code_has_its_source_for_autograph():
     assert float(tf.function(converted)(y, y, axis=(0, 1, 2, 3))) == pytest.approx(0.0)
 
 
+def test_synthetic_dataset_with_a_progress_bar(tmp_path, capsys):
+    """The notebooks' data writer: the cases and dataset.json, and a bar that reaches the end."""
+    from tumorseg.data import find_cases
+
+    util.make_synthetic_dataset(tmp_path / "data", cases=1, seed=0)
+    assert [case.id for case in find_cases(tmp_path / "data")] == ["BRATS_001"]
+    assert "synthetic cases: 100%" in capsys.readouterr().err
+
+
 def _course_copy(tmp_path: Path, broken: dict[str, str] | None = None) -> Path:
     """The solution notebooks in a folder, with the exercise cell ``grade_id`` of some replaced."""
     for path in NOTEBOOKS.glob("0*.ipynb"):
