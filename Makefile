@@ -58,7 +58,7 @@ grade: $(STAMP)
 	$(BIN)/python notebooks/instructor.py grade $(SUBMISSIONS)
 
 assets: $(STAMP)
-	$(BIN)/python util.py assets
+	$(BIN)/python assets/make_assets.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -3,9 +3,15 @@
 Each check runs the seed's worked examples and cases that catch the usual mistakes, prints
 "All tests passed." or raises an AssertionError that names the exercise and says what was
 expected, what came back, and what to look at. The learner's function runs under a time limit
-(``TIME_LIMIT`` seconds a call): an endless loop fails with a message instead of hanging, and
+(``SECONDS_PER_CALL`` seconds a call): an endless loop fails with a message instead of hanging,
 an error raised inside the function (a ZeroDivisionError, a TypeError from a ``None`` left in
-the skeleton) becomes a message too.
+the skeleton) becomes a message too, and what the function prints is held back.
+
+Each function runs the way the later notebooks use it: Dice, soft Dice and the loss also on
+TensorFlow tensors inside a ``tf.GradientTape``. Each exercise is graded on its own: where a
+later exercise calls an earlier one that fails its own check, the check uses the library's
+version of the earlier one and says so. ``EXERCISES`` maps each exercise to its notebook and
+its library module.
 
 Arrays are channels-last: an image is ``(x, y, z, channels)``, a label ``(x, y, z, classes)``,
 a batch ``(batch, x, y, z, classes)``. The test arrays have several z-slices, so summing over
@@ -14,14 +20,19 @@ the wrong axes shows.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import signal
 import threading
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
-CLASS_NAMES = ["Edema", "Non-Enhancing Tumor", "Enhancing Tumor"]
-TIME_LIMIT = 30.0  # seconds for one call of the learner's function
+from tumorseg.data import CLASS_NAMES
+
+SECONDS_PER_CALL = 30.0  # the longest one call of the learner's function may run
 
 
 class _TimeUp(BaseException):
@@ -64,11 +75,35 @@ def _with_time_limit(seconds: float, function, *args, **kwargs):
     return result["value"]
 
 
-_ERROR_HINTS = {
-    "ZeroDivisionError": "Divide numpy numbers (np.float64(tp) / (tp + fn)) so that 0/0 gives "
-                         "nan instead of an error.",
-    "TypeError": "Is a None from the skeleton still there?",
-}
+_SKELETON_HINT = "Is a None from the skeleton still there?"
+_KERAS_OPS = ("keras.ops (ops.sum, ops.mean, ops.square), not numpy (np.sum, np.mean): keras.ops "
+              "works on numpy arrays and on TensorFlow tensors alike")
+
+
+def _sentences(*parts: str) -> str:
+    """Parts joined into sentences: each ends with one full stop (or its own ? or !)."""
+    out = []
+    for part in parts:
+        part = part.strip()
+        if part:
+            out.append(part if part.endswith((".", "?", "!")) else part + ".")
+    return " ".join(out)
+
+
+def _error_hint(error: BaseException, hints=()) -> str:
+    """What to look at for an error raised inside the learner's function: the first of
+    ``hints`` (``(error type name, text in its message, hint)``, either may be None) that fits,
+    else a general hint; the skeleton hint only when a None is involved."""
+    name, text = type(error).__name__, str(error)
+    for kind, contains, hint in hints:
+        if (kind is None or kind == name) and (contains is None or contains in text):
+            return hint
+    if name == "ZeroDivisionError":
+        return ("Divide numpy numbers (np.float64(tp) / (tp + fn)) so that 0/0 gives nan instead "
+                "of an error.")
+    if "None" in text:
+        return _SKELETON_HINT
+    return ""
 
 
 class _Checker:
@@ -80,38 +115,42 @@ class _Checker:
     def fail(self, message: str):
         raise AssertionError(f"{self.exercise}: {message}")
 
-    def call(self, target, *args, time_limit: float | None = None, **kwargs):
-        """The learner's ``target(*args, **kwargs)`` under the time limit; an error inside it
-        fails the check with its type and message."""
-        seconds = TIME_LIMIT if time_limit is None else time_limit
+    def call(self, target, *args, time_limit: float | None = None, hints=(), **kwargs):
+        """The learner's ``target(*args, **kwargs)`` under the time limit, with what it prints
+        held back (the check prints only its verdict); an error inside it fails the check with
+        its type, the first line of its message, and a hint (see :func:`_error_hint`)."""
+        seconds = SECONDS_PER_CALL if time_limit is None else time_limit
         try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
+            with warnings.catch_warnings(), np.errstate(all="ignore"), \
+                    contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")
                 return _with_time_limit(seconds, target, *args, **kwargs)
         except _TimeUp:
             self.fail(f"did not finish within {seconds:g} seconds. Is there a loop that never "
                       f"ends (a while loop without a limit, or a step of 0)?")
         except Exception as error:
-            name = type(error).__name__
-            hint = _ERROR_HINTS.get(name, "")
-            self.fail(f"raised {name}: {error}. {hint}".strip())
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            self.fail(_sentences(f"raised {type(error).__name__}: {first_line}",
+                                 _error_hint(error, hints)))
 
     def shape(self, got, expected: tuple, what: str, hint: str = ""):
         got_shape = np.shape(got)
         if tuple(got_shape) != tuple(expected):
-            self.fail(f"{what} should have shape {expected}, got {tuple(got_shape)}. {hint}".strip())
+            self.fail(_sentences(f"{what} should have shape {expected}, got {tuple(got_shape)}",
+                                 hint))
 
     def same(self, got, expected, what: str, hint: str = ""):
         if tuple(got) != tuple(expected):
-            self.fail(f"{what} should be {tuple(expected)}, got {tuple(got)}. {hint}".strip())
+            self.fail(_sentences(f"{what} should be {tuple(expected)}, got {tuple(got)}", hint))
 
     def number(self, got, what: str, hint: str = "") -> float:
         if got is None:
-            self.fail(f"{what}: returned None. Is a None from the skeleton still there?")
+            self.fail(f"{what}: returned None. {_SKELETON_HINT}")
         try:
             value = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):
-            self.fail(f"{what} should be a single number, got {_describe(got)}. {hint}".strip())
+            self.fail(_sentences(f"{what} should be a single number, got {_describe(got)}", hint))
         if value.shape != ():
             self.fail(f"{what} should be a single number, got an array of shape {value.shape}. "
                       f"Sum over every axis in `axis` (the default (0, 1, 2) covers x, y and z) "
@@ -121,14 +160,14 @@ class _Checker:
     def close(self, got, expected: float, what: str, hint: str = "", atol: float = 1e-4):
         value = self.number(got, what, hint)
         if not np.isclose(value, expected, atol=atol, equal_nan=True):
-            self.fail(f"{what}: expected {expected:.4f}, got {value:.4f}. {hint}".strip())
+            self.fail(_sentences(f"{what}: expected {expected:.4f}, got {value:.4f}", hint))
 
     def allclose(self, got, expected, what: str, hint: str = "", atol: float = 1e-4):
         got = np.asarray(got, dtype=np.float64)
         self.shape(got, np.shape(expected), what, hint)
         if not np.allclose(got, expected, atol=atol, equal_nan=True):
-            self.fail(f"{what}: expected {np.round(expected, 4).tolist()}, "
-                      f"got {np.round(got, 4).tolist()}. {hint}".strip())
+            self.fail(_sentences(f"{what}: expected {np.round(expected, 4).tolist()}, "
+                                 f"got {np.round(got, 4).tolist()}", hint))
 
     @staticmethod
     def passed():
@@ -140,6 +179,36 @@ def _describe(value) -> str:
         return "None"
     shape = np.shape(value) if not isinstance(value, (str, dict)) else None
     return f"{type(value).__name__} of shape {shape}" if shape else repr(value)[:80]
+
+
+def _passes_quietly(name: str, function) -> bool:
+    """Whether ``function`` passes the check of exercise ``name`` (nothing printed)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            globals()[f"test_{name}"](function)
+    except AssertionError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _earlier_exercises(target, *names: str):
+    """Grade a later exercise on its own: where ``target`` calls an earlier exercise (found in
+    the learner's definitions, ``target.__globals__``) that fails its own check, the library's
+    version stands in while this check runs, and a line says so."""
+    namespace = getattr(target, "__globals__", {})
+    replaced = {}
+    for name in names:
+        mine = namespace.get(name)
+        if callable(mine) and mine is not library_version(name) and not _passes_quietly(name, mine):
+            replaced[name] = mine
+            namespace[name] = library_version(name)
+            print(f"({name} does not pass its own check yet, so this check used the library's "
+                  f"version of it.)")
+    try:
+        yield
+    finally:
+        namespace.update(replaced)
 
 
 # ----------------------------------------------------------------------------- 01: the data
@@ -178,7 +247,8 @@ def test_voxels_per_class(target):
                 "A class with no voxel still gets its place: np.bincount(label.ravel(), "
                 "minlength=num_classes).")
     if counts.tolist() != [48, 12, 0, 0]:
-        check.fail(f"label without enhancing tumour: expected [48, 12, 0, 0], got {counts.tolist()}.")
+        check.fail(f"label without enhancing tumour: expected [48, 12, 0, 0], got "
+                   f"{counts.tolist()}.")
     counts = np.asarray(check.call(target, label, num_classes=5))
     check.shape(counts, (5,), "the counts with num_classes=5", "Use the num_classes argument.")
     if counts.tolist() != expected + [0]:
@@ -365,20 +435,52 @@ def _check_unet(check, model, input_shape, n_labels, depth, n_base_filters, batc
                    f"{counts.get('BatchNormalization', 0)}.")
     if not batch_norm and counts.get("BatchNormalization", 0):
         check.fail(f"{what}: normalization=None should add no BatchNormalization layer.")
+    if batch_norm:
+        _check_normalise_then_relu(check, model, what)
     expected = unet_parameters(input_shape[-1], n_labels, depth, n_base_filters, batch_norm)
     if model.count_params() != expected:
-        check.fail(f"{what}: expected {expected:,} parameters, got {model.count_params():,}. Level d "
-                   f"has two 3x3x3 convolutions with n_base_filters * 2**d then twice that many "
-                   f"filters; each expanding level concatenates the up-sampled features with the "
-                   f"skip and convolves twice to the skip's number of channels.")
+        check.fail(f"{what}: expected {expected:,} parameters, got {model.count_params():,}. "
+                   f"Level d has two 3x3x3 convolutions with n_base_filters * 2**d then twice that "
+                   f"many filters; each expanding level concatenates the up-sampled features with "
+                   f"the skip and convolves twice to the skip's number of channels.")
+
+
+def _producer(layer):
+    """The layer whose output ``layer`` takes as its input (Keras 3's functional graph)."""
+    history = getattr(layer.input, "_keras_history", None)
+    return history[0] if history else None
+
+
+def _check_normalise_then_relu(check, model, what):
+    """conv_block's order with normalisation: Conv3D (no activation), BatchNormalization, ReLU."""
+    order = ("conv_block's order is Conv3D (no activation of its own), then BatchNormalization, "
+             "then ReLU: normalise the convolution's raw output, and apply ReLU after it.")
+    for layer in model.layers:
+        if type(layer).__name__ != "BatchNormalization":
+            continue
+        source = _producer(layer)
+        if type(source).__name__ != "Conv3D":
+            check.fail(f"{what}: a BatchNormalization follows a {type(source).__name__} "
+                       f"layer, not a Conv3D. {order}")
+        if getattr(source.activation, "__name__", "linear") != "linear":
+            check.fail(f"{what}: a BatchNormalization follows a Conv3D with "
+                       f"activation={source.activation.__name__!r}. {order}")
+
+
+_UNET_HINTS = [
+    ("ValueError", "Concatenate", "Each expanding level concatenates the up-sampled features with "
+     "the skip of the same resolution: expanding level d takes contracting level d's output "
+     "(skips[level]), and starts from the deepest skip, the last contracting level's output."),
+]
 
 
 def test_unet_model_3d(target):
     check = _Checker("unet_model_3d")
-    model = check.call(target, time_limit=max(TIME_LIMIT, 60))
+    model = check.call(target, time_limit=max(SECONDS_PER_CALL, 60), hints=_UNET_HINTS)
     _check_unet(check, model, (160, 160, 16, 4), 3, 4, 32, False, "unet_model_3d()")
     small_shape = (16, 16, 8, 4)
-    small = check.call(target, input_shape=small_shape, n_labels=2, depth=3, n_base_filters=4)
+    small = check.call(target, input_shape=small_shape, n_labels=2, depth=3, n_base_filters=4,
+                       hints=_UNET_HINTS)
     _check_unet(check, small, small_shape, 2, 3, 4, False,
                 "unet_model_3d(input_shape=(16, 16, 8, 4), n_labels=2, depth=3, n_base_filters=4)")
     x = np.random.default_rng(0).normal(size=(1, *small_shape)).astype(np.float32)
@@ -388,7 +490,8 @@ def test_unet_model_3d(target):
     if np.allclose(probabilities.sum(axis=-1), 1, atol=1e-4):
         check.fail("the channels sum to 1 in every voxel, as after a softmax: each class needs its "
                    "own independent probability, a sigmoid.")
-    cpu = check.call(target, input_shape=(64, 64, 32, 4), n_base_filters=8, normalization="batch")
+    cpu = check.call(target, input_shape=(64, 64, 32, 4), n_base_filters=8, normalization="batch",
+                     hints=_UNET_HINTS)
     _check_unet(check, cpu, (64, 64, 32, 4), 3, 4, 8, True,
                 "unet_model_3d(input_shape=(64, 64, 32, 4), n_base_filters=8, "
                 "normalization='batch')")
@@ -397,12 +500,65 @@ def test_unet_model_3d(target):
 
 # ----------------------------------------------------------------------------- 04: dice and loss
 
-def _reference_dice(y_true, y_pred, axis, epsilon, squares=False):
-    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    numerator = 2 * np.sum(y_true * y_pred, axis=axis) + epsilon
+def _reference_dice(y_true, y_pred, axis, epsilon, squares=False, xp=np):
+    """Per-class Dice (soft Dice with ``squares``) in numpy, or with ``xp=keras.ops`` on
+    tensors."""
+    if xp is np:
+        y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    numerator = 2 * xp.sum(y_true * y_pred, axis=axis) + epsilon
     power = 2 if squares else 1
-    denominator = np.sum(y_true**power, axis=axis) + np.sum(y_pred**power, axis=axis) + epsilon
+    denominator = xp.sum(y_true**power, axis=axis) + xp.sum(y_pred**power, axis=axis) + epsilon
     return numerator / denominator
+
+
+_TENSOR_WHY = {
+    "single_class_dice_coefficient": "the same code serves as a metric and inside the loss during "
+                                     "training, on TensorFlow tensors that gradients flow through",
+    "dice_coefficient": "the same code serves as a metric and inside the loss during training, on "
+                        "TensorFlow tensors that gradients flow through",
+    "soft_dice_loss": "your train_step in notebook 5 differentiates it on TensorFlow tensors "
+                      "inside a tf.GradientTape",
+}
+
+
+def _check_on_tensors(check, target, y_true, y_pred, axis, expected, squares=False):
+    """Run the learner's Dice or loss as training will: on TensorFlow tensors inside a
+    ``tf.GradientTape``. It must return a tensor of the right value whose gradient with respect
+    to ``y_pred`` is that of ``expected`` (a function of the tensors, keras.ops)."""
+    import tensorflow as tf
+
+    y_true, y_pred = tf.constant(y_true, tf.float32), tf.constant(y_pred, tf.float32)
+
+    def with_gradient(function):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            value = function(y_true, y_pred, axis=axis)
+        gradient = tape.gradient(value, y_pred) if tf.is_tensor(value) else None
+        return value, gradient
+
+    why = _TENSOR_WHY[check.exercise]
+    hints = [("AttributeError", "Tensor", f"Write it with {_KERAS_OPS}, and {why}")]
+    value, gradient = check.call(with_gradient, target, hints=hints)
+    want, want_gradient = with_gradient(expected)
+    what = f"on TensorFlow tensors inside a tf.GradientTape (axis={axis})"
+    if not tf.is_tensor(value):
+        kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+        check.fail(f"{what} it returned a {kind}, not a tensor, so no gradient can "
+                   f"flow back to the network's weights. Write it with {_KERAS_OPS}; {why}.")
+    check.allclose(value, np.asarray(want), what)
+    if gradient is None:
+        check.fail(f"{what} it returned a tensor that no gradient flows through to y_pred: "
+                   f"compute it from y_pred with {_KERAS_OPS}, without a detour through numpy.")
+    if not np.allclose(np.asarray(gradient), np.asarray(want_gradient), rtol=1e-3, atol=1e-6):
+        check.fail(f"{what} its gradient with respect to y_pred differs from that of the "
+                   f"formula: {'squares in the denominator' if squares else 'plain sums'}, and "
+                   f"y_pred enters only through keras.ops.")
+
+
+def _keras_ops():
+    from keras import ops
+
+    return ops
 
 
 def _grid(values):
@@ -456,6 +612,9 @@ def test_single_class_dice_coefficient(target):
     check.close(check.call(target, y_true, y_pred, epsilon=1),
                 check.call(target, y_pred, y_true, epsilon=1),
                 "Dice is symmetric: swapping y_true and y_pred must not change it")
+    soft_true, soft_pred = _volumes(11, shape=(2, 3, 2, 4), soft=True)
+    _check_on_tensors(check, target, soft_true, soft_pred, (1, 2, 3),
+                      lambda t, p, axis: _reference_dice(t, p, axis, 1e-5, xp=_keras_ops()))
     check.passed()
 
 
@@ -482,6 +641,10 @@ def test_dice_coefficient(target):
                 np.mean(_reference_dice(batch_true, batch_pred, (0, 1, 2, 3), 1e-5)),
                 "the same batch with axis=(0, 1, 2, 3): Dice pooled over the batch, per class, "
                 "then the mean over the 3 classes", _AXIS_HINT)
+    soft_true, soft_pred = _volumes(12, shape=(2, 3, 2, 4, 3), soft=True)
+    _check_on_tensors(check, target, soft_true, soft_pred, (1, 2, 3),
+                      lambda t, p, axis: _keras_ops().mean(
+                          _reference_dice(t, p, axis, 1e-5, xp=_keras_ops())))
     check.passed()
 
 
@@ -512,10 +675,14 @@ def test_soft_dice_loss(target):
         check.close(check.call(target, batch_true, batch_pred, axis=axis),
                     1 - np.mean(_reference_dice(batch_true, batch_pred, axis, 1e-5, squares=True)),
                     f"a batch (2, 3, 2, 4, 3) with axis={axis} ({what})", _AXIS_HINT)
+    _check_on_tensors(check, target, batch_true, batch_pred, (0, 1, 2, 3),
+                      lambda t, p, axis: 1 - _keras_ops().mean(
+                          _reference_dice(t, p, axis, 1e-5, squares=True, xp=_keras_ops())),
+                      squares=True)
     check.passed()
 
 
-# ----------------------------------------------------------------------------- sensitivity, specificity
+# ---------------------------------------------------------------------- sensitivity, specificity
 
 # One class's voxels: TP=1, FN=2, FP=3, TN=2 -> sensitivity 1/3, specificity 0.4,
 # (precision would be 0.25, negative predictive value 0.5: both differ on purpose).
@@ -560,16 +727,23 @@ def test_compute_class_sens_spec(target):
     check.passed()
 
 
+_SENS_SPEC_DF_HINTS = [
+    ("IndexError", None, "class_num is the index into the last axis of pred and label, which "
+     "holds the three classes only (no background): 0, 1, 2 for the three columns."),
+]
+
+
 def test_get_sens_spec_df(target):
     check = _Checker("get_sens_spec_df")
     pred, label = _sens_spec_arrays()
-    table = check.call(target, pred, label)
-    if list(getattr(table, "columns", [])) != CLASS_NAMES:
-        check.fail(f"columns should be {CLASS_NAMES}, got {list(getattr(table, 'columns', []))}.")
+    with _earlier_exercises(target, "compute_class_sens_spec"):
+        table = check.call(target, pred, label, hints=_SENS_SPEC_DF_HINTS)
+    if list(getattr(table, "columns", [])) != list(CLASS_NAMES):
+        check.fail(f"columns should be {list(CLASS_NAMES)}, got "
+                   f"{list(getattr(table, 'columns', []))}.")
     if list(getattr(table, "index", [])) != ["Sensitivity", "Specificity"]:
         check.fail(f"rows should be ['Sensitivity', 'Specificity'], got {list(table.index)}.")
-    expected = {"Edema": (0.25, float("nan")), "Non-Enhancing Tumor": (1 / 3, 0.4),
-                "Enhancing Tumor": (1.0, 1.0)}
+    expected = dict(zip(CLASS_NAMES, [(0.25, float("nan")), (1 / 3, 0.4), (1.0, 1.0)]))
     hint = ("Fill each column with compute_class_sens_spec(pred, label, class_num), class_num "
             "0, 1, 2 for the three columns.")
     for name, (sensitivity, specificity) in expected.items():
@@ -627,7 +801,8 @@ def test_train_step(target):
     evaluation_loss = _reference_step(_tiny_model(), x, y, 0.0, training=False)
     per_example_loss = _reference_step(_tiny_model(), x, y, 0.0, axis=(1, 2, 3))
     expected = _reference_step(reference, x, y, learning_rate)
-    loss = check.call(target, model, keras.optimizers.SGD(learning_rate), x, y)
+    with _earlier_exercises(target, "soft_dice_loss"):
+        loss = check.call(target, model, keras.optimizers.SGD(learning_rate), x, y)
     if loss is None:
         check.fail("returned None: return the batch's loss.")
     if np.shape(np.asarray(loss)) != ():
@@ -672,43 +847,64 @@ def _copy_of(model):
 # ----------------------------------------------------------------------------- 06: whole scans
 
 
-def _reference_window_starts(length: int, window: int, overlap: float) -> list[int]:
-    if length <= window:
-        return [0]
-    stride = max(1, int(window * (1 - overlap)))
-    return list(range(0, length - window, stride)) + [length - window]
-
-
 _WINDOW_CASES = [(240, 160, 0.25), (155, 16, 0.25), (100, 32, 0.0), (96, 32, 0.0),
                  (50, 10, 0.25), (40, 10, 0.5), (16, 16, 0.5), (10, 16, 0.25), (20, 16, 0.99)]
+_STRIDE = "max(1, int(window * (1 - overlap)))"
+_WINDOW_HINTS = [
+    ("ValueError", "must not be zero", f"A stride of 0: for an overlap close to 1, window * (1 - "
+     f"overlap) is below 1, so take at least 1: stride = {_STRIDE}"),
+    ("TypeError", "float", f"range() takes whole numbers: the stride is {_STRIDE}, rounded down "
+     f"to an int"),
+]
+
+
+def _window_plan_problem(starts: list[int], length: int, window: int, overlap: float) -> str | None:
+    """What is wrong with ``starts`` as the plan of windows along an axis, or None: checked
+    against the plan's properties (first at 0, each start once and increasing, inside the axis,
+    every voxel covered, counted by brute force, and the stride between neighbours), not
+    against another implementation."""
+    if length <= window:
+        return None if starts == [0] else "an axis no longer than the window needs one window, at 0"
+    if not starts or starts[0] != 0:
+        return "the first window starts at 0"
+    if any(b <= a for a, b in zip(starts, starts[1:])):
+        return ("each start once, in increasing order (when the stride fits exactly, "
+                "range(0, length - window, stride) already stops before the last start)")
+    if starts[-1] + window > length:
+        return (f"the window at {starts[-1]} reaches past the end of the axis: the last window "
+                f"starts at length - window = {length - window}")
+    covered = np.zeros(length, bool)
+    for start in starts:
+        covered[start:start + window] = True
+    if not covered.all():
+        missed = np.flatnonzero(~covered)
+        if starts[-1] + window < length:
+            return (f"voxels {missed[0]} to {length - 1} are in no window: the last window must "
+                    f"end at the last voxel, so it starts at length - window = {length - window}")
+        return (f"voxels {missed[0]} to {missed[-1]} fall between windows: the stride is "
+                f"{_STRIDE}, the window minus the part its neighbour overlaps")
+    stride = max(1, int(window * (1 - overlap)))
+    steps = np.diff(starts)
+    if (steps[:-1] != stride).any() or not 0 < steps[-1] <= stride:
+        return (f"neighbouring starts are {sorted(set(steps.tolist()))} apart; the stride is "
+                f"{_STRIDE} = {stride}, the window minus the part its neighbour overlaps (only "
+                f"the last step, to length - window, may be shorter)")
+    return None
 
 
 def test_window_starts(target):
     check = _Checker("window_starts")
     for length, window, overlap in _WINDOW_CASES:
         call = f"window_starts({length}, {window}, {overlap})"
-        expected = _reference_window_starts(length, window, overlap)
-        result = check.call(target, length, window, overlap, time_limit=min(TIME_LIMIT, 10))
+        result = check.call(target, length, window, overlap, hints=_WINDOW_HINTS,
+                            time_limit=min(SECONDS_PER_CALL, 10))
         try:
             starts = [int(s) for s in result]
         except TypeError:
             check.fail(f"{call} should return a list of start positions, got {_describe(result)}.")
-        if starts == expected:
-            continue
-        got = f"{call} returned {starts}, expected {expected}"
-        if length <= window:
-            check.fail(f"{got}: an axis no longer than the window needs one window, at 0.")
-        if not starts or starts[0] != 0:
-            check.fail(f"{got}: the first window starts at 0.")
-        if starts[-1] != length - window:
-            check.fail(f"{got}: the last window must end at the last voxel, so it starts at "
-                       f"length - window = {length - window}.")
-        if len(set(starts)) != len(starts) or starts != sorted(starts):
-            check.fail(f"{got}: each start once, in increasing order (when the stride fits "
-                       f"exactly, range(0, length - window, stride) already stops before the last "
-                       f"start).")
-        check.fail(f"{got}: the stride is max(1, int(window * (1 - overlap))), the window minus "
-                   f"the part its neighbour overlaps.")
+        problem = _window_plan_problem(starts, length, window, overlap)
+        if problem:
+            check.fail(_sentences(f"{call} returned {starts}: {problem}"))
     check.passed()
 
 
@@ -763,18 +959,31 @@ def test_to_label_map(target):
     check.passed()
 
 
-# The exercises in course order, with the notebook that holds each.
+class Exercise(NamedTuple):
+    """Where an exercise lives: the notebook that holds the learner's version, and the library
+    module that holds the production version (used only where a learner opts in)."""
+
+    notebook: str
+    library: str
+
+
+# The exercises in course order: the one map of exercise, notebook and library module.
 EXERCISES = {
-    "voxels_per_class": "01_data_exploration",
-    "get_sub_volume": "02_patch_generation",
-    "standardize": "02_patch_generation",
-    "unet_model_3d": "03_unet_model",
-    "single_class_dice_coefficient": "04_loss_and_metrics",
-    "dice_coefficient": "04_loss_and_metrics",
-    "soft_dice_loss": "04_loss_and_metrics",
-    "compute_class_sens_spec": "04_loss_and_metrics",
-    "get_sens_spec_df": "04_loss_and_metrics",
-    "train_step": "05_training",
-    "window_starts": "06_whole_scan_inference",
-    "to_label_map": "06_whole_scan_inference",
+    "voxels_per_class": Exercise("01_data_exploration", "tumorseg.data"),
+    "get_sub_volume": Exercise("02_patch_generation", "tumorseg.patches"),
+    "standardize": Exercise("02_patch_generation", "tumorseg.patches"),
+    "unet_model_3d": Exercise("03_unet_model", "tumorseg.model"),
+    "single_class_dice_coefficient": Exercise("04_loss_and_metrics", "tumorseg.metrics"),
+    "dice_coefficient": Exercise("04_loss_and_metrics", "tumorseg.metrics"),
+    "soft_dice_loss": Exercise("04_loss_and_metrics", "tumorseg.metrics"),
+    "compute_class_sens_spec": Exercise("04_loss_and_metrics", "tumorseg.metrics"),
+    "get_sens_spec_df": Exercise("04_loss_and_metrics", "tumorseg.metrics"),
+    "train_step": Exercise("05_training", "tumorseg.train"),
+    "window_starts": Exercise("06_whole_scan_inference", "tumorseg.inference"),
+    "to_label_map": Exercise("06_whole_scan_inference", "tumorseg.inference"),
 }
+
+
+def library_version(name: str):
+    """The library's production version of exercise ``name``."""
+    return getattr(importlib.import_module(EXERCISES[name].library), name)

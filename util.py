@@ -8,9 +8,9 @@ enhancing.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
+import linecache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +19,44 @@ import numpy as np
 from tumorseg.data import CHANNELS
 from tumorseg.figures import LABEL_COLOURS, PLANES, legend_handles, normalise, overlay, to_display
 from tumorseg.figures import take_slice as figures_take_slice
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow without its C++ start-up lines (oneDNN, CUDA, CPU features), and keep
+    its later C++ log lines (such as a failed cuInit on a machine without a GPU) out of the
+    notebook. Call it before anything imports TensorFlow or Keras."""
+    import os
+
+    from tumorseg.cli import quiet_tensorflow as import_quietly
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # read by TensorFlow's C++ logging when it starts
+    import_quietly()
+
+
+def make_synthetic_dataset(folder: str | Path, cases: int, seed: int) -> None:
+    """``tumorseg.synthetic.write_dataset`` with a progress bar in the notebook (its own bar
+    shows on a terminal only): it runs in a thread, one process per core, and the bar counts
+    the cases written. Complete cases already there are kept."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from tumorseg.synthetic import write_dataset
+
+    labels = Path(folder) / "labelsTr"
+
+    def written() -> int:
+        return sum(not p.name.startswith(".") for p in labels.glob("*.nii.gz"))
+
+    with ThreadPoolExecutor(1) as pool, tqdm(total=cases, desc="synthetic cases",
+                                             unit="case") as bar:
+        job = pool.submit(write_dataset, folder, cases=cases, seed=seed, progress=False)
+        while not job.done():
+            time.sleep(1)
+            bar.update(min(written(), cases) - bar.n)
+        job.result()
+        bar.update(cases - bar.n)
 
 
 def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
@@ -194,7 +232,8 @@ def visualize_patch_prediction(X: np.ndarray, truth: np.ndarray, prediction: np.
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     axes[0].imshow(to_display(X[:, :, z, 0]), cmap="gray")
     axes[0].set_title(f"FLAIR (standardised), z = {z}")
-    for ax, one_hot, title in ((axes[1], truth, "ground truth"), (axes[2], prediction, "prediction")):
+    for ax, one_hot, title in ((axes[1], truth, "ground truth"),
+                               (axes[2], prediction, "prediction")):
         ax.imshow(to_display(np.clip(one_hot[:, :, z, :], 0, 1) @ LABEL_COLOURS[1:]))
         ax.set_title(title)
     for ax in axes:
@@ -243,24 +282,6 @@ def tumour_region(label: np.ndarray, window: tuple[int, int, int]) -> tuple[slic
 
 # ----------------------------------------------------------------------------- the learner's code
 
-# Where the library keeps its production version of each exercise (used only when a learner
-# opts in with USE_LIBRARY_FALLBACK = True).
-LIBRARY_VERSIONS = {
-    "voxels_per_class": "tumorseg.data",
-    "get_sub_volume": "tumorseg.patches",
-    "standardize": "tumorseg.patches",
-    "unet_model_3d": "tumorseg.model",
-    "single_class_dice_coefficient": "tumorseg.metrics",
-    "dice_coefficient": "tumorseg.metrics",
-    "soft_dice_loss": "tumorseg.metrics",
-    "compute_class_sens_spec": "tumorseg.metrics",
-    "get_sens_spec_df": "tumorseg.metrics",
-    "train_step": "tumorseg.train",
-    "window_starts": "tumorseg.inference",
-    "to_label_map": "tumorseg.inference",
-}
-
-
 class NotSolvedYet(Exception):
     """An earlier exercise the notebook needs is unsolved or fails its check. Shown as its one
     line in a notebook (no traceback)."""
@@ -277,12 +298,21 @@ def solution_cells(notebook: str | Path) -> list[str]:
             if cell["cell_type"] == "code" and cell["metadata"].get("nbgrader", {}).get("solution")]
 
 
+def _registered(source: str, name: str) -> str:
+    """``name`` for code compiled from ``source``, with the source registered in ``linecache``
+    so that ``inspect.getsource`` (and so AutoGraph, and tracebacks) find it."""
+    linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
+    return name
+
+
 def load_exercise_cells(notebook: str | Path, namespace: dict | None = None) -> dict:
     """Run the exercise cells of ``notebook`` (a learner's definitions) in ``namespace`` (a new
-    one by default) and return it. Only the tagged exercise cells run, nothing else."""
+    one by default) and return it. Only the tagged exercise cells run, nothing else; each is
+    compiled under the name ``<NOTEBOOK.ipynb, exercise cell N>`` with its source registered."""
     namespace = {"__name__": f"learner_{Path(notebook).stem}"} if namespace is None else namespace
-    for source in solution_cells(notebook):
-        exec(compile(source, str(notebook), "exec"), namespace)
+    for number, source in enumerate(solution_cells(notebook), start=1):
+        name = _registered(source, f"<{Path(notebook).name}, exercise cell {number}>")
+        exec(compile(source, name, "exec"), namespace)
     return namespace
 
 
@@ -319,7 +349,7 @@ def learner_functions(*names: str, folder=None, use_library_fallback: bool = Fal
     folder = _course_folder(folder)
     namespace = {"__name__": "learner"} if namespace is None else namespace
     loaded: dict[str, str | None] = {}
-    for notebook in dict.fromkeys(public_tests.EXERCISES[name] for name in names):
+    for notebook in dict.fromkeys(public_tests.EXERCISES[name].notebook for name in names):
         path = folder / f"{notebook}.ipynb"
         try:
             load_exercise_cells(path, namespace)
@@ -327,10 +357,11 @@ def learner_functions(*names: str, folder=None, use_library_fallback: bool = Fal
         except FileNotFoundError:
             loaded[notebook] = f"{path.name} is not in {folder}"
         except Exception as error:  # the learner's cell does not run
-            loaded[notebook] = f"its exercise cells in {path.name} raise {type(error).__name__}: {error}"
+            loaded[notebook] = (f"its exercise cells in {path.name} raise "
+                                f"{type(error).__name__}: {error}")
     functions = {}
     for name in names:
-        notebook = public_tests.EXERCISES[name]
+        notebook = public_tests.EXERCISES[name].notebook
         problem = loaded[notebook]
         if problem is None:
             function = namespace.get(name)
@@ -344,75 +375,6 @@ def learner_functions(*names: str, folder=None, use_library_fallback: bool = Fal
             raise NotSolvedYet(f"{where} is not solved yet: {problem}. Finish it there, or set "
                                f"USE_LIBRARY_FALLBACK = True in the parameters cell to go on with "
                                f"the library's version.")
-        module = importlib.import_module(LIBRARY_VERSIONS[name])
         print(f"{where}: {problem}; using the library's version, as USE_LIBRARY_FALLBACK asks.")
-        functions[name] = namespace[name] = getattr(module, name)
+        functions[name] = namespace[name] = public_tests.library_version(name)
     return SimpleNamespace(**functions)
-
-
-def make_assets(folder: str | Path = "assets", run: str | Path = "runs/cpu",
-                held_out: str | Path = "data/synthetic-test") -> list[Path]:
-    """Regenerate the README's pictures with the project's own code (``make assets``).
-
-    The trained-model pictures (curves, prediction beside truth) need a run from ``make run``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tumorseg.figures import draw_unet, plot_case, plot_history, plot_randomisations
-    from tumorseg.patches import get_sub_volume, standardize
-    from tumorseg.synthetic import synthesize_case
-
-    folder, run = Path(folder), Path(run)
-    folder.mkdir(parents=True, exist_ok=True)
-    image, label = synthesize_case(seed=0, index=3)
-    figures = {
-        "synthetic_case.png": plot_case(image, label, title="synthetic phantom case (seed 0, case 4)"),
-        "image_grid.png": plot_image_grid(image, label),
-        "unet.png": draw_unet(),
-        "randomisations.png": plot_randomisations(),
-    }
-    np.random.seed(0)
-    X, y = get_sub_volume(image, label)
-    figures["patch.png"] = visualize_patch(standardize(X), y)
-    written = []
-    for name, figure in figures.items():
-        figure.savefig(folder / name, dpi=80, bbox_inches="tight",
-                       facecolor=figure.get_facecolor())
-        plt.close(figure)
-        written.append(folder / name)
-    written.append(visualize_data_gif(image, label, folder / "case.gif", step=5))
-    viewer = SliceViewer(image, label)
-    (folder / "viewer.png").write_bytes(viewer.images["labels"].value)
-    written.append(folder / "viewer.png")
-    if (run / "model.keras").exists() and (run / "history.csv").exists():
-        import pandas as pd
-
-        from tumorseg.data import find_cases, load_case
-        from tumorseg.inference import Predictor
-
-        plot_history(pd.read_csv(run / "history.csv")).savefig(folder / "curves.png", dpi=80)
-        case = find_cases(held_out)[0]
-        test_image, truth = load_case(case)
-        prediction = Predictor.from_run(run).segment(test_image)
-        compare = compare_viewer(test_image, truth, prediction)
-        from PIL import Image
-
-        panels = [Image.open(io.BytesIO(view.value)) for view in compare.images.values()]
-        joined = Image.new("RGB", (sum(p.width for p in panels) + 10, panels[0].height))
-        joined.paste(panels[0], (0, 0))
-        joined.paste(panels[1], (panels[0].width + 10, 0))
-        joined.save(folder / "prediction.png")
-        written += [folder / "curves.png", folder / "prediction.png"]
-    return written
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] != ["assets"]:
-        sys.exit("usage: python util.py assets")
-    for path in make_assets():
-        print(path)

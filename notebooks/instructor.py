@@ -47,6 +47,8 @@ HELPERS = ("util.py", "public_tests.py")
 START, END = "START CODE HERE", "END CODE HERE"
 CELL_TIMEOUT = 300  # seconds a grading cell may run
 GRADING_PARAMETERS = {"USE_LIBRARY_FALLBACK": True}
+# The grading kernels log errors only: not the warning that each runs over local TCP.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -169,8 +171,8 @@ def grade_learner(folder: Path, work: Path) -> list[dict]:
         submitted = folder / path.name
         learner = nbformat.read(submitted, as_version=4) if submitted.exists() else None
         notebook = grading_notebook(instructor, learner)
-        Execute(timeout=CELL_TIMEOUT, allow_errors=True).preprocess(
-            notebook, {"metadata": {"path": str(work)}})
+        Execute(timeout=CELL_TIMEOUT, allow_errors=True, extra_arguments=KERNEL_ARGUMENTS
+                ).preprocess(notebook, {"metadata": {"path": str(work)}})
         for cell in notebook.cells:
             if not utils.is_grade(cell):
                 continue

@@ -56,6 +56,31 @@ def test_learner_training_path_matches_the_library():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_learner_code_has_its_source_for_autograph():
+    """Loaded exercise cells are compiled under a name whose source inspect finds, so AutoGraph
+    can convert the learner's loss inside notebook 5's tf.function without a warning."""
+    import inspect
+
+    import tensorflow as tf
+
+    namespace = util.load_exercise_cells(NOTEBOOKS / "04_loss_and_metrics.ipynb")
+    loss = namespace["soft_dice_loss"]
+    assert inspect.getsource(loss).startswith("def soft_dice_loss(")
+    assert loss.__code__.co_filename == "<04_loss_and_metrics.ipynb, exercise cell 3>"
+    converted = tf.autograph.to_graph(loss)  # raises when AutoGraph cannot read the source
+    y = np.ones((1, 2, 2, 2, 3), np.float32)
+    assert float(tf.function(converted)(y, y, axis=(0, 1, 2, 3))) == pytest.approx(0.0)
+
+
+def test_synthetic_dataset_with_a_progress_bar(tmp_path, capsys):
+    """The notebooks' data writer: the cases and dataset.json, and a bar that reaches the end."""
+    from tumorseg.data import find_cases
+
+    util.make_synthetic_dataset(tmp_path / "data", cases=1, seed=0)
+    assert [case.id for case in find_cases(tmp_path / "data")] == ["BRATS_001"]
+    assert "synthetic cases: 100%" in capsys.readouterr().err
+
+
 def _course_copy(tmp_path: Path, broken: dict[str, str] | None = None) -> Path:
     """The solution notebooks in a folder, with the exercise cell ``grade_id`` of some replaced."""
     for path in NOTEBOOKS.glob("0*.ipynb"):
@@ -68,7 +93,8 @@ def _course_copy(tmp_path: Path, broken: dict[str, str] | None = None) -> Path:
     return tmp_path
 
 
-WRONG_STANDARDIZE = "import numpy as np\n\ndef standardize(image):\n    return image - image.mean()\n"
+WRONG_STANDARDIZE = ("import numpy as np\n\ndef standardize(image):\n"
+                     "    return image - image.mean()\n")
 
 
 def test_an_unsolved_exercise_stops_with_one_line(tmp_path):

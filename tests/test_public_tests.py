@@ -4,7 +4,10 @@ and says what to look at."""
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,32 +15,20 @@ import pytest
 
 import public_tests
 import util
-from tumorseg import data, inference, metrics, model, patches, train
-
-from pathlib import Path
+from tumorseg import data, inference, metrics, patches
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-LIBRARY = {
-    "voxels_per_class": data.voxels_per_class,
-    "get_sub_volume": patches.get_sub_volume,
-    "standardize": patches.standardize,
-    "unet_model_3d": model.unet_model_3d,
-    "single_class_dice_coefficient": metrics.single_class_dice_coefficient,
-    "dice_coefficient": metrics.dice_coefficient,
-    "soft_dice_loss": metrics.soft_dice_loss,
-    "compute_class_sens_spec": metrics.compute_class_sens_spec,
-    "get_sens_spec_df": metrics.get_sens_spec_df,
-    "train_step": train.train_step,
-    "window_starts": inference.window_starts,
-    "to_label_map": inference.to_label_map,
-}
+LIBRARY = {name: public_tests.library_version(name) for name in public_tests.EXERCISES}
 
 
 def test_there_is_one_check_per_exercise():
     checks = {name[5:] for name in dir(public_tests) if name.startswith("test_")}
-    assert checks == set(LIBRARY) == set(public_tests.EXERCISES)
+    assert checks == set(public_tests.EXERCISES)
+    for name, exercise in public_tests.EXERCISES.items():
+        assert LIBRARY[name].__module__ == exercise.library  # defined there, not re-exported
+        assert (NOTEBOOKS / f"{exercise.notebook}.ipynb").exists()
 
 
 def test_parameter_count_by_hand():
@@ -55,7 +46,7 @@ def test_library_passes(exercise, capsys):
 def solutions():
     """The solution notebooks' exercise cells, run in order into one namespace."""
     namespace: dict = {"__name__": "solutions"}
-    for notebook in dict.fromkeys(public_tests.EXERCISES.values()):
+    for notebook in dict.fromkeys(e.notebook for e in public_tests.EXERCISES.values()):
         util.load_exercise_cells(NOTEBOOKS / f"{notebook}.ipynb", namespace)
     return namespace
 
@@ -183,7 +174,7 @@ def sub_volume_ignores_threshold(image, label, orig_x=240, orig_y=240, orig_z=15
 
 
 def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fixed_depth=None,
-                 batch_norm=True):
+                 batch_norm=True, relu_first=False, skip_offset=0):
     """The seed's U-Net with one thing changed."""
     def unet_model_3d(input_shape=(160, 160, 16, 4), n_labels=3, depth=4, n_base_filters=32,
                       normalization=None):
@@ -194,9 +185,11 @@ def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fi
 
         def block(x, filters):
             x = layers.Conv3D(filters, 3, padding="same")(x)
+            if relu_first:
+                x = layers.Activation("relu")(x)
             if normalization == "batch" and batch_norm:
                 x = layers.BatchNormalization()(x)
-            return layers.Activation("relu")(x)
+            return x if relu_first else layers.Activation("relu")(x)
 
         inputs = keras.Input(input_shape)
         x, skips = inputs, []
@@ -211,7 +204,7 @@ def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fi
         for level in range(depth - 2, -1, -1):
             x = layers.UpSampling3D(2)(x)
             if skip:
-                x = layers.Concatenate()([x, skips[level]])
+                x = layers.Concatenate()([x, skips[level + skip_offset]])
             x = block(block(x, skips[level].shape[-1]), skips[level].shape[-1])
         return keras.Model(inputs, layers.Conv3D(n_labels, 1, activation=output)(x))
     return unet_model_3d
@@ -221,11 +214,13 @@ def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fi
 
 
 def dice_eps_numerator_only(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
-    return (2 * np.sum(y_true * y_pred, axis) + epsilon) / (np.sum(y_true, axis) + np.sum(y_pred, axis))
+    return (2 * np.sum(y_true * y_pred, axis) + epsilon) / (
+        np.sum(y_true, axis) + np.sum(y_pred, axis))
 
 
 def dice_eps_denominator_only(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
-    return 2 * np.sum(y_true * y_pred, axis) / (np.sum(y_true, axis) + np.sum(y_pred, axis) + epsilon)
+    return 2 * np.sum(y_true * y_pred, axis) / (
+        np.sum(y_true, axis) + np.sum(y_pred, axis) + epsilon)
 
 
 def dice_with_squares(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
@@ -279,6 +274,27 @@ def loss_ignores_axis(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     return metrics.soft_dice_loss(y_true, y_pred, (0, 1, 2), epsilon)
 
 
+def dice_numpy(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return (2 * np.sum(y_true * y_pred, axis) + epsilon) / (
+        np.sum(y_true, axis) + np.sum(y_pred, axis) + epsilon)
+
+
+def mean_dice_numpy(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    return np.mean(dice_numpy(y_true, y_pred, axis, epsilon))
+
+
+def loss_numpy(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    numerator = 2 * np.sum(y_true * y_pred, axis=axis) + epsilon
+    denominator = np.sum(y_true**2, axis=axis) + np.sum(y_pred**2, axis=axis) + epsilon
+    return 1 - np.mean(numerator / denominator)
+
+
+def loss_array_methods(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
+    numerator = 2 * (y_true * y_pred).sum(axis=axis) + epsilon
+    denominator = (y_true**2).sum(axis=axis) + (y_pred**2).sum(axis=axis) + epsilon
+    return 1 - (numerator / denominator).mean()
+
+
 def sens_spec_precision(pred, label, class_num):
     p, l = pred[..., class_num], label[..., class_num]
     tp, fp = np.sum(p * l), np.sum(p * (1 - l))
@@ -318,17 +334,26 @@ def sens_spec_df_wrong_columns(pred, label):
 
 
 def sens_spec_df_background_kept(pred, label):
-    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=public_tests.CLASS_NAMES)
-    for i, name in enumerate(public_tests.CLASS_NAMES):
+    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=list(data.CLASS_NAMES))
+    for i, name in enumerate(data.CLASS_NAMES):
         sens, spec = metrics.compute_class_sens_spec(pred, label, max(i - 1, 0))
         table.loc["Sensitivity", name], table.loc["Specificity", name] = sens, spec
     return table
 
 
-def sens_spec_df_not_rounded(pred, label):
-    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=public_tests.CLASS_NAMES,
+def sens_spec_df_class_plus_one(pred, label):
+    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=list(data.CLASS_NAMES),
                          dtype=float)
-    for i, name in enumerate(public_tests.CLASS_NAMES):
+    for i, name in enumerate(data.CLASS_NAMES):
+        table.loc["Sensitivity", name], table.loc["Specificity", name] = \
+            metrics.compute_class_sens_spec(pred, label, i + 1)
+    return table
+
+
+def sens_spec_df_not_rounded(pred, label):
+    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=list(data.CLASS_NAMES),
+                         dtype=float)
+    for i, name in enumerate(data.CLASS_NAMES):
         table.loc["Sensitivity", name], table.loc["Specificity", name] = \
             metrics.compute_class_sens_spec(pred, label, i)
     return table
@@ -386,6 +411,18 @@ def starts_rounded_stride(length, window, overlap):
 def starts_short_axis_negative(length, window, overlap):
     stride = max(1, int(window * (1 - overlap)))
     return list(range(0, length - window, stride)) + [length - window]
+
+
+def starts_stride_without_max(length, window, overlap):
+    if length <= window:
+        return [0]
+    return list(range(0, length - window, int(window * (1 - overlap)))) + [length - window]
+
+
+def starts_float_stride(length, window, overlap):
+    if length <= window:
+        return [0]
+    return list(range(0, length - window, window * (1 - overlap))) + [length - window]
 
 
 def starts_endless(length, window, overlap):
@@ -446,20 +483,26 @@ WRONG = [
     ("unet_model_3d", unet_variant(doubling=False), "parameters"),
     ("unet_model_3d", unet_variant(fixed_depth=4), "depth=3"),
     ("unet_model_3d", unet_variant(batch_norm=False), "BatchNormalization"),
+    ("unet_model_3d", unet_variant(relu_first=True), "apply ReLU after it"),
+    ("unet_model_3d", unet_variant(skip_offset=1), "the skip of the same resolution"),
     ("single_class_dice_coefficient", dice_eps_numerator_only, "epsilon"),
     ("single_class_dice_coefficient", dice_eps_denominator_only, "epsilon"),
     ("single_class_dice_coefficient", dice_with_squares, "no squares"),
     ("single_class_dice_coefficient", dice_ignores_axis, "axis=(1, 2, 3)"),
     ("single_class_dice_coefficient", dice_xy_only, "covers x, y and z"),
     ("single_class_dice_coefficient", dice_sums_everything, "axis=(1, 2, 3)"),
+    ("single_class_dice_coefficient", dice_numpy, "Write it with keras.ops"),
     ("dice_coefficient", mean_dice_channels_first, "mean over classes"),
     ("dice_coefficient", mean_dice_pooled, "mean over classes"),
     ("dice_coefficient", mean_dice_ignores_axis, "axis=(1, 2, 3)"),
     ("dice_coefficient", mean_dice_sums_classes, "mean over classes"),
+    ("dice_coefficient", mean_dice_numpy, "Write it with keras.ops"),
     ("soft_dice_loss", loss_no_squares, "squares in the denominator"),
     ("soft_dice_loss", loss_eps_once, "eps in both places"),
     ("soft_dice_loss", loss_returns_dice, "Loss = 1 - mean"),
     ("soft_dice_loss", loss_ignores_axis, "axis=(1, 2, 3)"),
+    ("soft_dice_loss", loss_numpy, "Write it with keras.ops"),
+    ("soft_dice_loss", loss_array_methods, "Write it with keras.ops"),
     ("compute_class_sens_spec", sens_spec_precision, "not precision"),
     ("compute_class_sens_spec", sens_spec_channels_first, "last axis"),
     ("compute_class_sens_spec", sens_spec_npv, "not TN / (TN + FN)"),
@@ -468,6 +511,7 @@ WRONG = [
     ("get_sens_spec_df", sens_spec_df_wrong_columns, "columns should be"),
     ("get_sens_spec_df", sens_spec_df_background_kept, "class_num 0, 1, 2"),
     ("get_sens_spec_df", sens_spec_df_not_rounded, "rounded to 4 decimals"),
+    ("get_sens_spec_df", sens_spec_df_class_plus_one, "0, 1, 2 for the three columns"),
     ("train_step", step_variant(training=False), "training=True"),
     ("train_step", step_variant(axis=(1, 2, 3)), "axis=(0, 1, 2, 3)"),
     ("train_step", step_variant(apply=False), "apply the gradients"),
@@ -480,6 +524,8 @@ WRONG = [
     ("window_starts", starts_rounded_stride, "int(window * (1 - overlap))"),
     ("window_starts", starts_short_axis_negative, "one window, at 0"),
     ("window_starts", starts_endless, "did not finish within"),
+    ("window_starts", starts_stride_without_max, "A stride of 0"),
+    ("window_starts", starts_float_stride, "range() takes whole numbers"),
     ("to_label_map", label_map_inclusive, "(>, not >=)"),
     ("to_label_map", label_map_no_plus_one, "add 1"),
     ("to_label_map", label_map_last_wins, "highest probability"),
@@ -495,7 +541,7 @@ def _name(wrong) -> str:
 @pytest.mark.parametrize("exercise, wrong, says", WRONG,
                          ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(WRONG)])
 def test_wrong_versions_fail_with_a_message(exercise, wrong, says, monkeypatch):
-    monkeypatch.setattr(public_tests, "TIME_LIMIT", 2.0)
+    monkeypatch.setattr(public_tests, "SECONDS_PER_CALL", 2.0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(AssertionError) as caught:
@@ -503,10 +549,47 @@ def test_wrong_versions_fail_with_a_message(exercise, wrong, says, monkeypatch):
     message = str(caught.value)
     assert message.startswith(f"{exercise}:"), message
     assert says in message, message
+    assert not re.search(r"[^.\s]\.\.(\s|$)", message), message  # no doubled full stop
+    if "skeleton" not in says:  # the skeleton hint only where a None is involved
+        assert "None from the skeleton" not in message, message
 
 
 def test_every_exercise_has_wrong_versions():
     assert {exercise for exercise, _, _ in WRONG} == set(LIBRARY)
+
+
+def _exercise_cell(notebook: str, grade_id: str) -> str:
+    cells = json.loads((NOTEBOOKS / f"{notebook}.ipynb").read_text())["cells"]
+    return next("".join(c["source"]) for c in cells
+                if c["metadata"].get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+@pytest.mark.parametrize("later, earlier, wrong_earlier", [
+    ("get_sens_spec_df", "compute_class_sens_spec", sens_spec_precision),
+    ("train_step", "soft_dice_loss", loss_numpy),
+])
+def test_a_later_exercise_is_graded_on_its_own(later, earlier, wrong_earlier, capsys):
+    """The solution of a later exercise whose earlier one (in its namespace) is wrong passes:
+    its check uses the library's version of the earlier one and says so, then puts the
+    learner's back."""
+    namespace = {"__name__": "learner", earlier: wrong_earlier}
+    exec(_exercise_cell(public_tests.EXERCISES[later].notebook, later), namespace)
+    getattr(public_tests, f"test_{later}")(namespace[later])
+    out = capsys.readouterr().out
+    assert (f"({earlier} does not pass its own check yet, so this check used the library's "
+            f"version of it.)") in out
+    assert "All tests passed." in out
+    assert namespace[earlier] is wrong_earlier
+
+
+def test_a_check_prints_only_its_verdict(capsys):
+    """What the learner's function prints (the skeleton's "Giving up" line) stays out."""
+    def chatty_get_sub_volume(*args, **kwargs):
+        print("Tried 5 times to find a sub-volume. Giving up...")
+        return patches.get_sub_volume(*args, **kwargs)
+
+    public_tests.test_get_sub_volume(chatty_get_sub_volume)
+    assert capsys.readouterr().out.strip() == "\033[92mAll tests passed.\033[0m"
 
 
 def test_failure_message_says_expected_and_got():
@@ -520,7 +603,7 @@ def test_a_hang_in_another_thread_also_stops(monkeypatch):
     rest of the suite)."""
     import threading
 
-    monkeypatch.setattr(public_tests, "TIME_LIMIT", 1.0)
+    monkeypatch.setattr(public_tests, "SECONDS_PER_CALL", 1.0)
     caught, release = {}, threading.Event()
 
     def hangs(length, window, overlap):

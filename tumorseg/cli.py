@@ -210,7 +210,9 @@ def format_metrics(table) -> str:
     """Per-case Dice and HD95 of the BraTS regions, then the mean of every measure by region."""
     import pandas as pd
 
-    regions = ["Edema", "Non-Enhancing Tumor", "Enhancing Tumor", "WT", "TC", "ET"]
+    from .data import CLASS_NAMES
+
+    regions = [*CLASS_NAMES, "WT", "TC", "ET"]
     short = [f"Dice {r}" for r in ("WT", "TC", "ET")] + [f"HD95 {r}" for r in ("WT", "TC", "ET")]
     mean = table.loc["mean"]
     summary = pd.DataFrame({measure: [mean[f"{measure} {r}"] for r in regions]
