@@ -127,3 +127,27 @@ def test_a_folder_of_other_generator_ranges_is_refused(tmp_path):
     manifest.write_text(json.dumps(values))
     with pytest.raises(InputError, match="other custom generator ranges"):
         synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)
+
+
+def test_an_interrupted_folder_is_refused_for_another_seed(tmp_path, monkeypatch):
+    from tumorseg.errors import InputError
+
+    written = []
+
+    def interrupted(out, seed, index, case_id, randomisation):
+        if written == ["BRATS_001"]:  # the first run stops during its second case
+            written.append("stop")
+            raise KeyboardInterrupt
+        written.append(case_id)
+        for folder in ("imagesTr", "labelsTr"):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            (out / folder / f"{case_id}.nii.gz").write_bytes(b"case")
+
+    monkeypatch.setattr(synthetic, "_write_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_dataset(tmp_path, cases=3, seed=0, progress=False, workers=1)
+    assert written == ["BRATS_001", "stop"]
+    with pytest.raises(InputError, match="dataset.json.*seed 0, not 1"):
+        synthetic.write_dataset(tmp_path, cases=3, seed=1, progress=False, workers=1)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        synthetic.write_dataset(tmp_path / "negative", cases=1, seed=-1, progress=False)

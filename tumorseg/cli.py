@@ -233,6 +233,7 @@ def number(kind, low=None, high=None, high_open=False, low_open=False):
 
 
 POSITIVE = number(int, 1)
+SEED = number(int, 0)  # numpy's generators take seeds >= 0
 SHARE = number(float, 0, 1, high_open=True)  # 0 <= x < 1
 
 
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write the synthetic phantom dataset (MSD layout)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--cases", type=POSITIVE, default=24, help="number of cases (default 24)")
-    synth.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    synth.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
     synth.add_argument("--workers", type=POSITIVE, default=None, help="processes (default: cores)")
     synth.set_defaults(func=cmd_synth)
 

@@ -500,17 +500,26 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
     ranges, and a folder of other ranges is refused. The progress bar shows on a terminal
     (tqdm's rule); ``progress=False`` hides it always.
 
-    Cases are made in ``workers`` processes (default: one per core). Each file is written
-    atomically and complete cases of the same seed are kept, so an interrupted run resumes.
+    Cases are made in ``workers`` processes (default: one per core). ``dataset.json`` is written
+    first and each file atomically; complete cases of the same seed and ranges are kept, so an
+    interrupted run resumes (and a folder of another seed is refused, interrupted or not).
     """
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm.auto import tqdm
 
     name, randomisation = resolve_generator(generator)
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     out = Path(out)
     _check_same_dataset(out, seed, name, randomisation)
     ids = [f"BRATS_{i + 1:03d}" for i in range(cases)]
+    # The manifest first: an interrupted folder still says which seed and ranges it holds.
+    with atomic_path(out / "dataset.json") as tmp:
+        description = f"tumorseg synthetic phantoms, seed {seed}, {name} generator"
+        manifest = dataset_json(ids, description) | {"seed": seed, "generator": name,
+                                                     "randomisation": _ranges(randomisation)}
+        tmp.write_text(json.dumps(manifest, indent=2))
     todo = [(out, seed, index, case_id, randomisation) for index, case_id in enumerate(ids)
             if not all((out / folder / f"{case_id}.nii.gz").exists()
                        for folder in ("imagesTr", "labelsTr"))]
@@ -526,11 +535,6 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
             with ProcessPoolExecutor(workers) as pool:
                 for _ in pool.map(_write_case, *zip(*todo)):
                     bar.update()
-    with atomic_path(out / "dataset.json") as tmp:
-        description = f"tumorseg synthetic phantoms, seed {seed}, {name} generator"
-        manifest = dataset_json(ids, description) | {"seed": seed, "generator": name,
-                                                     "randomisation": _ranges(randomisation)}
-        tmp.write_text(json.dumps(manifest, indent=2))
     return ids
 
 
