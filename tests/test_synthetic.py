@@ -151,3 +151,20 @@ def test_an_interrupted_folder_is_refused_for_another_seed(tmp_path, monkeypatch
         synthetic.write_dataset(tmp_path, cases=3, seed=1, progress=False, workers=1)
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         synthetic.write_dataset(tmp_path / "negative", cases=1, seed=-1, progress=False)
+
+
+def test_synth_workers_are_bounded_by_memory_and_cores():
+    gb = synthetic.WORKER_MEMORY
+    assert synthetic.default_workers(cores=16, available=2.5 * gb) == 2
+    assert synthetic.default_workers(cores=2, available=100 * gb) == 2
+    assert synthetic.default_workers(cores=8, available=0.3 * gb) == 1
+    assert synthetic.default_workers(cores=3) >= 1  # this machine's memory
+
+
+def test_upsample_linear_matches_ndimage_zoom():
+    from scipy import ndimage
+
+    small = rng(3).standard_normal((5, 7, 4)).astype(np.float32)
+    for shape in ((17, 26, 13), (20, 28, 16), (5, 7, 4)):
+        zoomed = ndimage.zoom(small, [s / t for s, t in zip(shape, small.shape)], order=1)
+        np.testing.assert_allclose(synthetic.upsample_linear(small, shape), zoomed, atol=1e-5)
