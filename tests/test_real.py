@@ -59,3 +59,29 @@ def test_display_is_radiological(real_cases):
     assert (np.diff(coronal_z, axis=0) < 0).all(), "top of the head at the top"
     # The tumour shown is where the label is: the axial view of the label has tumour in it.
     assert take_slice(label, "axial", z).any() and take_slice(image[..., 0], "axial", z).any()
+
+
+def test_evaluate_prints_the_pair_beside_the_algorithms_agreement(real_cases, tmp_path):
+    import subprocess
+    import sys
+
+    from tumorseg.data import save_nifti
+
+    for name, (case, _, label) in real_cases.items():
+        save_nifti(label, tmp_path / "pred" / f"{name}.nii.gz", case.reference)  # perfect
+    run = [sys.executable, "-m", "tumorseg", "evaluate", "--pred", tmp_path / "pred", "--truth",
+           REAL / "labelled", "--agreement", REAL / "labelled-algorithms"]
+    result = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
+    # A perfect model, and the five algorithms' Dice against their vote (data/real/README.md).
+    assert rows["OtherEXampleFromTCIA"] == ["1.000"] * 3 + ["0.91-0.98", "0.95-0.97", "0.93-0.99"]
+    assert rows["TCGA-DU-7294"] == ["1.000"] * 3 + ["0.98-0.99", "0.91-0.96", "0.00-1.00"]
+    assert rows["mean"][:3] == ["1.000"] * 3
+    assert "no enhancing tumour in the label of TCGA-DU-7294" in result.stdout
+
+    (tmp_path / "algorithms").mkdir()
+    run[-1] = tmp_path / "algorithms"
+    result = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "no algorithm segmentations" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
