@@ -45,6 +45,14 @@ def agreement(truth: str | os.PathLike = LABELLED, algorithms: str | os.PathLike
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["case", "algorithm"])
 
 
+def mean_ranges(ceiling) -> dict[str, tuple[float, float]]:
+    """``{region: (lowest, highest)}`` of the algorithms' mean Dice over the cases
+    (``ceiling``: :func:`agreement`): the ceiling of a model's mean Dice."""
+    means = ceiling.groupby(level="algorithm").mean()
+    return {region: (float(means[region].min()), float(means[region].max()))
+            for region in BRATS_REGIONS}
+
+
 def _dice(pred, true) -> float:
     """Dice of two boolean masks; 1 when both are empty (as :func:`~tumorseg.metrics.case_metrics`)."""
     import numpy as np
@@ -59,16 +67,19 @@ def format_real(table, ceiling) -> str:
     on the mean row, the range of each algorithm's mean over the cases), as text."""
     import numpy as np
 
-    means = ceiling.groupby(level="algorithm").mean()
     lines = [f"{'':<22}{'model':^21}   {'algorithms vs their vote (range)':^33}",
              f"{'case':<22}" + "".join(f"{r:>7}" for r in BRATS_REGIONS) + "   "
              + "".join(f"{r:^11}" for r in BRATS_REGIONS)]
     absent = []
     for case in table.index:
-        spans = means if case == "mean" else ceiling.xs(case, level="case")
+        if case == "mean":
+            spans = mean_ranges(ceiling)
+        else:
+            rows = ceiling.xs(case, level="case")
+            spans = {r: (rows[r].min(), rows[r].max()) for r in BRATS_REGIONS}
         lines.append(f"{case:<22}" + "".join(f"{table.loc[case, f'Dice {r}']:>7.3f}"
                                              for r in BRATS_REGIONS) + "   "
-                     + "".join(f"{spans[r].min():.2f}-{spans[r].max():.2f}".center(11)
+                     + "".join(f"{spans[r][0]:.2f}-{spans[r][1]:.2f}".center(11)
                                for r in BRATS_REGIONS))
         if case != "mean" and np.isnan(table.loc[case, "Sensitivity ET"]):
             absent.append(case)
