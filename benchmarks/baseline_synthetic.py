@@ -49,7 +49,8 @@ def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generato
     return warped
 
 
-def bias_field(shape: tuple[int, int, int], strength: float, rng: np.random.Generator) -> np.ndarray:
+def bias_field(shape: tuple[int, int, int], strength: float,
+               rng: np.random.Generator) -> np.ndarray:
     """A smooth multiplicative field ``(x, y, z)`` around 1: ``exp(strength * smooth field)``."""
     return np.exp(strength * smooth_field(shape, 60, rng)).astype(np.float32)
 
@@ -62,7 +63,8 @@ def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Gener
     reach = min(rng.uniform(1.3, 3.2), 35.0 / radius)  # edema extent along white matter, in radii
     irregularity = rng.uniform(*randomisation.irregularity)
     half = int(2.5 * reach * radius * (1 + irregularity)) + 6
-    box = tuple(slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape))
+    box = tuple(slice(max(0, int(c) - half), min(s, int(c) + half + 1))
+                for c, s in zip(centre, shape))
     local = tuple(np.arange(s.start, s.stop, dtype=np.float32) for s in box)
     axes = radius * rng.uniform(0.7, 1.3, 3)
     offsets = [(g - c) / a for g, c, a in zip(local, centre, axes)]
@@ -91,7 +93,8 @@ def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Gener
 
     white = tissue["white"][box]
     tissue_in_box = white + tissue["grey"][box]
-    spread = (1 + (reach - 1) * white) * (1 + 0.15 * np.clip(smooth_field(box_shape, 6, rng), -2, 2))
+    spread = (1 + (reach - 1) * white) * (1 + 0.15 * np.clip(smooth_field(box_shape, 6, rng),
+                                                              -2, 2))
     edema = np.clip(1 / (1 + np.exp(np.clip((distance - spread) / edge, -30, 30))) - tumour, 0, 1)
     edema *= np.clip(tissue_in_box * 1.2, 0, 1)
     zero = np.zeros_like(tumour)
@@ -157,7 +160,7 @@ def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = 
                  tissue["white"] * normal, tumour["edema"], tumour["non_enhancing"],
                  tumour["necrosis"], tumour["enhancing"], tumour["cyst"], vessel]
     contrast = draw_contrast(rng, randomisation)
-    # The template's own T1 texture (deep nuclei, cortex detail) beyond what the tissue mix explains.
+    # The template's own T1 texture (deep nuclei, cortex detail) beyond the tissue mix.
     t1_mix = sum(f * c for f, c in zip(fractions[:3], CONTRAST[:3, 1]))
     detail = (tissue["t1"] - t1_mix) * normal
     detail_weight = (0.4, 1.0, 0.9, -0.4)
