@@ -169,9 +169,3 @@ def test_upsample_linear_matches_ndimage_zoom():
         zoomed = ndimage.zoom(small, [s / t for s, t in zip(shape, small.shape)], order=1)
         np.testing.assert_allclose(synthetic.upsample_linear(small, shape), zoomed, atol=1e-5)
 
-
-def test_smooth_field_region_is_that_part_of_the_whole_field():
-    shape, region = (30, 26, 17), (slice(4, 20), slice(0, 26), slice(9, 17))
-    whole = synthetic.smooth_field(shape, 6, rng(5))
-    part = synthetic.smooth_field(shape, 6, rng(5), region)
-    np.testing.assert_allclose(part, whole[region], atol=1e-6)
