@@ -340,9 +340,10 @@ def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generato
 def bias_field(shape: tuple[int, int, int], strength: float, rng: np.random.Generator,
                where: np.ndarray | None = None) -> np.ndarray:
     """A smooth multiplicative field ``(x, y, z)`` around 1: ``exp(strength * smooth field)``;
-    only its values at the boolean mask ``where`` (1-D), if given."""
+    only its values at the flat indices ``where`` (1-D), if given."""
     field = smooth_field(shape, 60, rng)
-    return np.exp(strength * (field if where is None else field[where])).astype(np.float32)
+    return np.exp(strength * (field if where is None else field.reshape(-1)[where])
+                  ).astype(np.float32)
 
 
 def thick_slices(volume: np.ndarray, axis: int, thickness: int, phase: int) -> np.ndarray:
@@ -527,8 +528,8 @@ def _synthesize(seed: int, index: int, randomisation: Randomisation
                    * normal_s + rng.uniform(*randomisation.tumour_texture)
                    * on_support(smooth_field(box_shape, 3, rng)) * (on_support(lesion) > 0.01))
     # Only brain voxels above one half are stored: noise and intensity curves work on them.
-    stored = brain > 0.5
-    brain_stored = brain[stored]
+    stored = np.flatnonzero(brain > 0.5)
+    brain_stored = brain.reshape(-1)[stored]
 
     image = np.zeros(SHAPE + (len(CHANNELS),), np.float32)
     for channel in range(len(CHANNELS)):
@@ -545,8 +546,8 @@ def _synthesize(seed: int, index: int, randomisation: Randomisation
         phase = int(rng.integers(thickness))
         if thick:
             signal = thick_slices(signal, axis, thickness, phase)
-        signal = signal[stored] * bias_field(box_shape, rng.uniform(*randomisation.bias), rng,
-                                             stored)
+        signal = signal.reshape(-1)[stored] * bias_field(
+            box_shape, rng.uniform(*randomisation.bias), rng, stored)
         noise = rng.uniform(*randomisation.noise)
         # Rician noise on the stored voxels only, from a stream of its own per sequence.
         real, imaginary = noise * np.random.default_rng([seed, index, 1 + channel]).standard_normal(
@@ -555,7 +556,7 @@ def _synthesize(seed: int, index: int, randomisation: Randomisation
         noisy = noisy ** float(_two_sided(rng, randomisation.gamma))
         scale = _log_uniform(rng, randomisation.scale)
         values = np.zeros(box_shape, np.float32)
-        values[stored] = np.round(noisy * brain_stored * scale)
+        values.reshape(-1)[stored] = np.round(noisy * brain_stored * scale)
         image[box + (channel,)] = values
 
     classes = [normal, tumour["edema"],
