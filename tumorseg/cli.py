@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--cases", type=POSITIVE, default=24, help="number of cases (default 24)")
     synth.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
-    synth.add_argument("--workers", type=POSITIVE, default=None, help="processes (default: cores, as memory allows)")
+    synth.add_argument("--workers", type=POSITIVE, default=None,
+                       help="processes (default: cores, as memory allows)")
     synth.set_defaults(func=cmd_synth)
 
     info = commands.add_parser("info", help="validate every case and print a summary table")

@@ -54,7 +54,7 @@ def mean_ranges(ceiling) -> dict[str, tuple[float, float]]:
 
 
 def _dice(pred, true) -> float:
-    """Dice of two boolean masks; 1 when both are empty (as :func:`~tumorseg.metrics.case_metrics`)."""
+    """Dice of two boolean masks; 1 when both are empty (as in :mod:`tumorseg.metrics`)."""
     import numpy as np
 
     both = np.count_nonzero(pred) + np.count_nonzero(true)
