@@ -33,7 +33,7 @@ def agreement(truth: str | os.PathLike = LABELLED, algorithms: str | os.PathLike
     rows = {}
     for case in find_cases(truth):
         _, label = load_case(case)
-        truth = region_masks(label)
+        true_masks = region_masks(label)
         files = sorted(Path(algorithms, case.id).glob("*-20.nii.gz"))
         if not files:
             raise InputError(Path(algorithms, case.id), "no algorithm segmentations "
@@ -41,7 +41,7 @@ def agreement(truth: str | os.PathLike = LABELLED, algorithms: str | os.PathLike
         for path in files:
             masks = region_masks(load_label(path, BRATS2021))
             rows[(case.id, path.name.removesuffix("-20.nii.gz"))] = {
-                region: _dice(masks[region], truth[region]) for region in BRATS_REGIONS}
+                region: _dice(masks[region], true_masks[region]) for region in BRATS_REGIONS}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["case", "algorithm"])
 
 
