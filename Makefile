@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := data/synthetic
 HELD_OUT := data/synthetic-test
+REAL := data/real
 RUN := runs/cpu
 CASES ?= 32
 TIME_LIMIT ?= 15
@@ -35,6 +36,9 @@ run: $(STAMP)
 	else $(BIN)/tumorseg train --data $(DATA) --out $(RUN) --preset cpu --time-limit $(TIME_LIMIT); fi
 	$(BIN)/tumorseg predict --model $(RUN) --input $(HELD_OUT) --out $(RUN)/predictions --tta --overwrite
 	$(BIN)/tumorseg evaluate --pred $(RUN)/predictions --truth $(HELD_OUT)
+	# The real development pair (data/real: measured, never trained on), beside the ceiling.
+	$(BIN)/tumorseg predict --model $(RUN) --input $(REAL)/labelled --out $(RUN)/real --tta --overwrite
+	$(BIN)/tumorseg evaluate --pred $(RUN)/real --truth $(REAL)/labelled --agreement $(REAL)/labelled-algorithms
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest

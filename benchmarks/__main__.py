@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from . import (bench_ablation, bench_inference, bench_model, bench_patches, bench_transfer,
-               bench_viewer)
+from . import (bench_ablation, bench_inference, bench_model, bench_patches, bench_synthesis,
+               bench_transfer, bench_viewer)
 
 BENCHMARKS = {
     "patches": (bench_patches.sampling, bench_patches.report_sampling),
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "flops": (bench_model.flops, bench_model.report_flops),
     "viewer": (bench_viewer.viewer, bench_viewer.report_viewer),
     "inference": (bench_inference.inference, bench_inference.report_inference),
+    "synthesis": (bench_synthesis.synthesis, bench_synthesis.report_synthesis),
     "transfer": (bench_transfer.transfer, bench_transfer.report_transfer),
     "ablation": (bench_ablation.ablation, bench_ablation.report_ablation),
 }

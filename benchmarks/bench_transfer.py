@@ -1,7 +1,9 @@
 """Does the `make run` model transfer? Dice on held-out phantoms of the training generator
 beside Dice on phantoms of a deliberately shifted generator (contrasts, artefacts and tumour
-morphology outside the training ranges: :data:`tumorseg.synthetic.SHIFTED`), and, when
-``../shared/real`` holds real BraTS cases, a picture of the model's prediction on each.
+morphology outside the training ranges: :data:`tumorseg.synthetic.SHIFTED`) and on the real
+development pair (``data/real``, :mod:`tumorseg.devset`; the five algorithms' agreement with
+their vote is the ceiling), and, when ``../shared/real`` holds real BraTS cases, a picture of
+the model's prediction on each.
 
 The run is ``runs/cpu`` (``make run``); ``TUMORSEG_BENCH_RUN=DIR`` names another.
 """
@@ -31,9 +33,10 @@ def held_out(generator: str) -> Path:
     return folder
 
 
-def dice_on(predictor, folder: Path) -> dict[str, float]:
+def dice_on(predictor, folder: Path, per_case: bool = False) -> dict:
     """Mean Dice WT / TC / ET of a :class:`~tumorseg.inference.Predictor` over the cases in
-    ``folder`` (sliding window, no TTA)."""
+    ``folder`` (sliding window, no TTA); with ``per_case``, ``{case id or "mean": {region:
+    Dice}}``."""
     from tumorseg.data import find_cases, load_case, voxel_spacing
     from tumorseg.metrics import case_metrics, metrics_table
 
@@ -42,8 +45,10 @@ def dice_on(predictor, folder: Path) -> dict[str, float]:
         image, label = load_case(case)
         prediction = predictor.segment(image)
         rows[case.id] = case_metrics(prediction, label, voxel_spacing(case))
-    mean = metrics_table(rows).loc["mean"]
-    return {region: float(mean[f"Dice {region}"]) for region in ("WT", "TC", "ET")}
+    table = metrics_table(rows)
+    dice = {case: {region: float(table.loc[case, f"Dice {region}"])
+                   for region in ("WT", "TC", "ET")} for case in table.index}
+    return dice if per_case else dice["mean"]
 
 
 def real_pictures(predictor, run: Path = RUN, prefix: Path = OUT / "real") -> list[dict]:
@@ -90,6 +95,11 @@ def transfer() -> dict:
     for generator in ("default", "shifted"):
         dice = dice_on(predictor, held_out(generator))
         result |= {f"{generator}_dice_{region}": value for region, value in dice.items()}
+    from tumorseg import devset
+
+    result["real_pair"] = dice_on(predictor, devset.LABELLED, per_case=True)
+    # The ceiling of the mean: the range of the five algorithms' mean Dice against their vote.
+    result["real_pair_agreement"] = devset.mean_ranges(devset.agreement())
     result["real"] = real_pictures(predictor)
     return save("transfer", result)
 
@@ -104,6 +114,15 @@ def report_transfer(r: dict) -> list[tuple[str, str, str]]:
                       ""))
     shift = r["shifted_dice_WT"] / max(r["default_dice_WT"], 1e-6)
     lines[-1] = lines[-1][:2] + (f"WT {shift:.2f}x in-distribution",)
+    if "real_pair" in r:  # data/real: two TCGA gliomas, the algorithms' vote as label
+        agreement = r["real_pair_agreement"]
+        for case, dice in r["real_pair"].items():
+            what = "mean" if case == "mean" else case
+            lines.append((f"{r['run']} Dice, real development pair: {what}",
+                          " ".join(f"{k} {dice[k]:.3f}" for k in ("WT", "TC", "ET")),
+                          "" if case != "mean" else "algorithms vs vote: " + " ".join(
+                              f"{k} {agreement[k][0]:.2f}-{agreement[k][1]:.2f}"
+                              for k in ("WT", "TC", "ET"))))
     for case in r["real"]:
         lines.append((f"real case {case['case']}",
                        f"edema {case['edema_cm3']:.0f}, non-enh {case['non_enhancing_cm3']:.0f}, "

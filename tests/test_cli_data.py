@@ -60,6 +60,13 @@ def test_synth_refuses_a_folder_of_another_seed(synthetic_pair):
     assert "dataset.json" in result.stderr and "seed 0" in result.stderr
 
 
+def test_synth_refuses_a_negative_seed_in_one_line(tmp_path):
+    result = tumorseg("synth", "--out", tmp_path / "d", "--cases", 1, "--seed", -1)
+    assert result.returncode == 2
+    assert "--seed" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
 def test_synthetic_case_looks_like_a_tumour_scan(synthetic_pair):
     from tumorseg.data import find_cases, load_case
 

@@ -102,7 +102,9 @@ def test_01_data_exploration(datasets):
     assert "tumour share" in text  # the table made with the learner's voxels_per_class
     assert displayed(notebook, "image/png") >= 2  # bar plot and image grid
     assert displayed(notebook, "image/gif") == 1
-    assert displayed(notebook, "application/vnd.jupyter.widget-view+json") == 1
+    # The slice viewer, then a phantom's and a real glioma's side by side (data/real).
+    assert displayed(notebook, "application/vnd.jupyter.widget-view+json") == 2
+    assert "real     OtherEXampleFromTCIA  image (240, 240, 155, 4), voxel order LPS" in text
 
 
 def test_02_patch_generation(datasets):
@@ -173,6 +175,11 @@ def test_06_whole_scan_inference(trained, datasets):
     # the progress bar over the held-out cases, and the slice viewer
     assert displayed(notebook, "application/vnd.jupyter.widget-view+json") == 2
     assert list((run / "notebook-predictions").glob("*.nii.gz"))
+    # The real case: Dice beside the phantoms' and the algorithms' agreement, then the lesson.
+    assert "OtherEXampleFromTCIA: segmented in" in text and "algorithms vs vote" in text
+    assert "0.91-0.98" in text  # the five algorithms' WT Dice against their vote
+    assert re.search(r"WT: found [\d.]+ of the label's 30\.2 cm3", text), text
+    assert "Dice lower here than on the phantoms:" in text
 
 
 def test_no_notebook_imports_an_exercise_from_the_library():

@@ -127,3 +127,45 @@ def test_a_folder_of_other_generator_ranges_is_refused(tmp_path):
     manifest.write_text(json.dumps(values))
     with pytest.raises(InputError, match="other custom generator ranges"):
         synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)
+
+
+def test_an_interrupted_folder_is_refused_for_another_seed(tmp_path, monkeypatch):
+    from tumorseg.errors import InputError
+
+    written = []
+
+    def interrupted(out, seed, index, case_id, randomisation):
+        if written == ["BRATS_001"]:  # the first run stops during its second case
+            written.append("stop")
+            raise KeyboardInterrupt
+        written.append(case_id)
+        for folder in ("imagesTr", "labelsTr"):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            (out / folder / f"{case_id}.nii.gz").write_bytes(b"case")
+
+    monkeypatch.setattr(synthetic, "_write_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_dataset(tmp_path, cases=3, seed=0, progress=False, workers=1)
+    assert written == ["BRATS_001", "stop"]
+    with pytest.raises(InputError, match="dataset.json.*seed 0, not 1"):
+        synthetic.write_dataset(tmp_path, cases=3, seed=1, progress=False, workers=1)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        synthetic.write_dataset(tmp_path / "negative", cases=1, seed=-1, progress=False)
+
+
+def test_synth_workers_are_bounded_by_memory_and_cores():
+    gb = synthetic.WORKER_MEMORY
+    assert synthetic.default_workers(cores=16, available=2.5 * gb) == 2
+    assert synthetic.default_workers(cores=2, available=100 * gb) == 2
+    assert synthetic.default_workers(cores=8, available=0.3 * gb) == 1
+    assert synthetic.default_workers(cores=3) >= 1  # this machine's memory
+
+
+def test_upsample_linear_matches_ndimage_zoom():
+    from scipy import ndimage
+
+    small = rng(3).standard_normal((5, 7, 4)).astype(np.float32)
+    for shape in ((17, 26, 13), (20, 28, 16), (5, 7, 4)):
+        zoomed = ndimage.zoom(small, [s / t for s, t in zip(shape, small.shape)], order=1)
+        np.testing.assert_allclose(synthetic.upsample_linear(small, shape), zoomed, atol=1e-5)
+

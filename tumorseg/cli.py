@@ -188,6 +188,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import atomic_path, find_cases, load_label_map, load_scan
     from .metrics import case_metrics, metrics_table
 
+    if args.agreement:  # refused before the long part if the folder is wrong
+        from .devset import agreement, format_real
+
+        ceiling = agreement(args.truth, args.agreement)
     rows = {}
     for case in find_cases(args.truth):
         if case.label is None:
@@ -202,7 +206,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.pred) / "metrics.csv"
     with atomic_path(out) as tmp:
         table.to_csv(tmp, float_format="%.4f")
-    print(format_metrics(table))
+    if args.agreement:
+        print(f"Dice of {args.pred} on {args.truth}, beside the other segmentations in "
+              f"{args.agreement} scored against the same labels")
+        print(format_real(table, ceiling))
+    else:
+        print(format_metrics(table))
     print(f"\nper case and mean, all measures: {out}")
 
 
@@ -252,6 +261,7 @@ def number(kind, low=None, high=None, high_open=False, low_open=False):
 
 
 POSITIVE = number(int, 1)
+SEED = number(int, 0)  # numpy's generators take seeds >= 0
 SHARE = number(float, 0, 1, high_open=True)  # 0 <= x < 1
 
 
@@ -265,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write the synthetic phantom dataset (MSD layout)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--cases", type=POSITIVE, default=24, help="number of cases (default 24)")
-    synth.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    synth.add_argument("--workers", type=POSITIVE, default=None, help="processes (default: cores)")
+    synth.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
+    synth.add_argument("--workers", type=POSITIVE, default=None,
+                       help="processes (default: cores, as memory allows)")
     synth.set_defaults(func=cmd_synth)
 
     info = commands.add_parser("info", help="validate every case and print a summary table")
@@ -318,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", required=True, help="folder of <case id>.nii.gz predictions")
     evaluate.add_argument("--truth", required=True, help="the labelled dataset")
     evaluate.add_argument("--out", help="CSV path (default PRED/metrics.csv)")
+    evaluate.add_argument("--agreement", metavar="DIR",
+                          help="other segmentations of the cases (DIR/<case>/<name>-20.nii.gz, "
+                               "BraTS values): print the Dice beside theirs (data/real)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
