@@ -53,7 +53,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_patches(args: argparse.Namespace) -> None:
-    from .patches import export_patches
+    from .seed_layout import export_patches
 
     config = export_patches(args.data, args.out, patches_per_case=args.per_case,
                             valid_fraction=args.valid_fraction, patch_shape=tuple(args.patch),
@@ -62,20 +62,21 @@ def cmd_patches(args: argparse.Namespace) -> None:
           f"to {args.out} (config.json lists them)")
 
 
-RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # config.json holds
+RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # the run fixes
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     quiet_tensorflow()
     from pathlib import Path
 
-    from .train import TrainConfig, make_strategy, resume, train
+    from .run import CONFIG_FILE, MODEL_FILE, TrainConfig
+    from .train import make_strategy, resume, train
 
     out = Path(args.out)
     for name in RESUME_FIXED if args.resume else ():
         if getattr(args, name) is not None:
             option = "--" + name.replace("_", "-")
-            raise InputError(option, f"cannot change when resuming: {out / 'config.json'} "
+            raise InputError(option, f"cannot change when resuming: {out / CONFIG_FILE} "
                                      "fixes it (start a new run to change it)")
     strategy = make_strategy(args.strategy) if args.strategy else None
     if args.resume:
@@ -103,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         state = train(config, out, strategy=strategy)
     print(f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
           f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
-          f"model: {out / 'model.keras'}")
+          f"model: {out / MODEL_FILE}")
 
 
 def prediction_targets(cases, out) -> tuple[list, "Path"]:

@@ -1,13 +1,5 @@
-"""Training runs: presets, the input pipeline, one training step for every tf.distribute strategy,
-Keras callbacks, atomic checkpoints and resume.
-
-A run folder holds:
-
-* ``config.json`` — every setting, and the case split (the file re-creates the run);
-* ``checkpoint-<epoch>.keras`` and ``state.json`` — the last complete epoch (``state.json`` is
-  renamed into place after its checkpoint is complete, so a kill never leaves a half state);
-* ``model.keras`` — the best model by validation Dice;
-* ``history.csv``, ``curves.png``, ``logs/`` (TensorBoard) and ``cache/`` (cropped cases, .npy).
+"""Training runs: the input pipeline, one training step for every tf.distribute strategy,
+Keras callbacks, atomic checkpoints and resume. The run folder's format is :mod:`tumorseg.run`.
 
 Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so the
 loop is ours: ``strategy.run`` of a step that applies the optimizer under a GradientTape, the
@@ -20,92 +12,20 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .data import atomic_path, find_cases
+from .atomic import atomic_path
+from .data import find_cases
 from .errors import InputError
+from .inference import calibrate_threshold
 from .model import load_model
-from .patches import (NO_AUGMENTATION, TUMOUR_SHARE, Augmentation, PatchSampler, cache_case,
-                      training_dataset)
-from .presets import DEFAULT_PRESET, PRESETS, STRATEGIES, TRAINING_PRESETS, ModelConfig
-
-# Why a run ended, as state.json records it (None while it is still to be continued).
-FINISHED, EARLY_STOP, TIME_LIMIT = "finished", "early stop", "time limit"
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; ``config.json`` holds exactly this (plus the split).
-
-    Make one with :meth:`from_preset`: the network and the training settings come from a preset
-    (:mod:`tumorseg.presets`), the rest from the defaults below.
-    """
-
-    data: str
-    preset: str
-    model: ModelConfig
-    epochs: int
-    steps_per_epoch: int
-    batch_size: int  # per replica
-    learning_rate: float
-    final_learning_rate_fraction: float = 0.05  # cosine schedule down to this share
-    valid_fraction: float = 0.2
-    validation_patches: int = 16
-    tumour_share: float = TUMOUR_SHARE
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    early_stopping_patience: int = 8
-    time_limit_minutes: float | None = None  # no epoch starts that would end past this
-    strategy: str = "default"
-    seed: int = 0
-    train_cases: list[str] = field(default_factory=list)
-    valid_cases: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_preset(cls, data: str, preset: str = DEFAULT_PRESET, **overrides) -> "TrainConfig":
-        """The run of ``preset`` on ``data``; ``overrides`` that are not None replace settings."""
-        if preset not in TRAINING_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {list(TRAINING_PRESETS)}")
-        settings = TRAINING_PRESETS[preset] | {k: v for k, v in overrides.items() if v is not None}
-        return cls(data=str(data), preset=preset, model=PRESETS[preset], **settings)
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        values["model"] = self.model.to_dict()
-        values["augmentation"] = self.augmentation.to_dict()
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        values = dict(values)
-        values["model"] = ModelConfig.from_dict(values["model"])
-        values["augmentation"] = Augmentation(**values["augmentation"])
-        return cls(**values)
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise InputError(path, "no such file") from None
-        except (ValueError, KeyError, TypeError) as error:
-            raise InputError(path, f"not a tumorseg run configuration ({error})") from None
-
-
-def split_cases(case_ids: list[str], valid_fraction: float, seed: int) -> tuple[list, list]:
-    """Whole cases into training and validation lists (at least one of each when possible)."""
-    order = np.random.default_rng(seed).permutation(len(case_ids))
-    n_valid = min(max(1, round(len(case_ids) * valid_fraction)), len(case_ids) - 1)
-    valid = sorted(case_ids[i] for i in order[:n_valid])
-    return sorted(set(case_ids) - set(valid)), valid
-
+from .patches import NO_AUGMENTATION, PatchSampler, cache_case, training_dataset
+from .presets import STRATEGIES
+from .run import (CACHE_DIR, CONFIG_FILE, CURVES_FILE, EARLY_STOP, FINISHED, HISTORY_FILE,
+                  LOGS_DIR, MODEL_FILE, OUT_OF_TIME, TrainConfig, checkpoint_name, is_run,
+                  read_config, read_state, split_cases, write_state)
 
 def make_strategy(name: str):
     """The tf.distribute strategy called ``name`` (multiworker reads TF_CONFIG)."""
@@ -140,22 +60,6 @@ def check_tf_config(text: str | None) -> None:
                                       f'{len(workers) - 1}}}')
 
 
-# ----------------------------------------------------------------------------- run folder state
-
-
-def read_state(out: Path) -> dict | None:
-    """The run's state (last complete epoch, why it ended, threshold), or None before the first
-    epoch ends."""
-    path = Path(out) / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_state(out: Path, state: dict) -> None:
-    """state.json, atomically: the run's commit point."""
-    with atomic_path(Path(out) / "state.json") as tmp:
-        tmp.write_text(json.dumps(state, indent=2))
-
-
 def _callbacks_cls():
     import keras
 
@@ -178,12 +82,12 @@ def _callbacks_cls():
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch + 1} | {k: float(v) for k, v in (logs or {}).items()}
             self.history.append(row)
-            checkpoint = f"checkpoint-{epoch + 1:04d}.keras"
+            checkpoint = checkpoint_name(epoch + 1)
             with atomic_path(self.out / checkpoint) as tmp:
                 self.model.save(tmp)
             best = max(self.state["best_val_dice"], row["val_dice"])
             if row["val_dice"] > self.state["best_val_dice"]:
-                with atomic_path(self.out / "model.keras") as tmp:
+                with atomic_path(self.out / MODEL_FILE) as tmp:
                     self.model.save(tmp)
             previous = self.state.get("checkpoint")
             self.state |= {"epoch": epoch + 1, "checkpoint": checkpoint, "best_val_dice": best,
@@ -202,7 +106,7 @@ def _callbacks_cls():
                 return EARLY_STOP
             if out_of_time(self.config, self.started, self.epoch_started):
                 self.model.stop_training = True
-                return TIME_LIMIT
+                return OUT_OF_TIME
             return None
 
     return RunRecorder
@@ -215,10 +119,10 @@ def write_history(out: Path, history: list[dict]) -> None:
     from .figures import plot_history
 
     table = pd.DataFrame(history)
-    with atomic_path(out / "history.csv") as tmp:
+    with atomic_path(out / HISTORY_FILE) as tmp:
         table.to_csv(tmp, index=False)
     figure = plot_history(table)
-    with atomic_path(out / "curves.png") as tmp:
+    with atomic_path(out / CURVES_FILE) as tmp:
         figure.savefig(tmp, dpi=80, format="png")
 
 
@@ -247,31 +151,41 @@ def train_step(model, optimizer, x, y):
         A scalar tensor: the soft Dice loss of the batch (pooled over batch and space, per
         class), computed in training mode before the gradients are applied.
     """
+    return gradient_step(model, optimizer, x, y)[0]
+
+
+def gradient_step(model, optimizer, x, y, replicas: int = 1):
+    """The training step of every loop: the soft Dice loss of the batch in training mode, its
+    gradients, divided by ``replicas`` (tf.distribute sums the replicas' gradients, so their
+    mean is applied), applied by ``optimizer``.
+
+    Returns ``(loss, probabilities)``: the batch's loss before the update (undivided), and the
+    ``(B, x, y, z, 3)`` probabilities it was computed from.
+    """
     import tensorflow as tf
 
-    from .metrics import BATCH_AXIS, soft_dice_loss
+    from .metrics import batch_dice_loss
 
     with tf.GradientTape() as tape:
-        loss = soft_dice_loss(y, model(x, training=True), axis=BATCH_AXIS)
-    gradients = tape.gradient(loss, model.trainable_variables)
+        probabilities = model(x, training=True)
+        loss = batch_dice_loss(y, probabilities)
+        share = loss / replicas
+    gradients = tape.gradient(share, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-    return loss
+    return loss, probabilities
 
 
 def make_train_step(model, strategy):
-    """``step(batch) -> (loss, dice)``: :func:`train_step`'s optimizer step on one global
-    (distributed) batch ``(x, y)``, the same for every strategy."""
+    """``step(batch) -> (loss, dice)``: :func:`gradient_step` with the model's optimizer on one
+    global (distributed) batch ``(x, y)``, the same for every strategy; loss and Dice are the
+    mean over replicas."""
     import tensorflow as tf
 
-    from .metrics import batch_dice, batch_dice_loss
+    from .metrics import batch_dice
 
     def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            probabilities = model(x, training=True)
-            loss = batch_dice_loss(y, probabilities)
-            scaled = loss / strategy.num_replicas_in_sync
-        gradients = tape.gradient(scaled, model.trainable_variables)
-        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        loss, probabilities = gradient_step(model, model.optimizer, x, y,
+                                            strategy.num_replicas_in_sync)
         return loss, batch_dice(y, probabilities)
 
     @tf.function
@@ -315,7 +229,7 @@ def used_up(config: TrainConfig, state: dict | None) -> bool:
 
 def new_run(config: TrainConfig, out: Path) -> TrainConfig:
     """Check the data and the run folder, split the cases and write config.json."""
-    if (out / "config.json").exists():
+    if is_run(out):
         raise InputError(out, "holds a run already: pass --resume to continue it, or choose "
                               "another --out")
     cases = [case for case in find_cases(config.data) if case.label is not None]
@@ -324,7 +238,7 @@ def new_run(config: TrainConfig, out: Path) -> TrainConfig:
     config.train_cases, config.valid_cases = split_cases([c.id for c in cases],
                                                          config.valid_fraction, config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.json")
+    config.save(out / CONFIG_FILE)
     return config
 
 
@@ -347,9 +261,9 @@ def resume(out: str | os.PathLike, epochs: int | None = None,
     saved in config.json.
     """
     out = Path(out)
-    config = TrainConfig.load(out / "config.json") if (out / "config.json").exists() else None
-    if config is None:
-        raise InputError(out, "no run to resume here (config.json missing)")
+    if not is_run(out):
+        raise InputError(out, f"no run to resume here ({CONFIG_FILE} missing)")
+    config = read_config(out)
     state = read_state(out)
     done = state["epoch"] if state else 0
     if epochs is not None and epochs < max(done, 1):
@@ -361,7 +275,7 @@ def resume(out: str | os.PathLike, epochs: int | None = None,
     for key, value in changes.items():
         setattr(config, key, value)
     if changes:
-        config.save(out / "config.json")
+        config.save(out / CONFIG_FILE)
     if state and state.get("ended") and ({"epochs", "time_limit_minutes"} & changes.keys()):
         state["ended"] = None  # extended on purpose
     return _complete(config, out, state, strategy, verbose)
@@ -382,7 +296,7 @@ def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verb
     elif done >= config.epochs:
         say(f"{out}: all {done} epochs are trained")
     elif used_up(config, state):
-        write_state(out, state | {"ended": TIME_LIMIT})
+        write_state(out, state | {"ended": OUT_OF_TIME})
         state = read_state(out)
         say(f"{out}: the time limit of {config.time_limit_minutes} minutes is used up")
     else:
@@ -408,7 +322,7 @@ def _fit(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: di
     initial_epoch = state["epoch"] if state else 0
     keras.utils.set_random_seed(config.seed + initial_epoch)
     patch = config.model.patch_shape
-    cache = out / "cache"
+    cache = out / CACHE_DIR
     train_cases = [cache_case(by_id[i], cache, patch) for i in config.train_cases]
     valid_cases = [cache_case(by_id[i], cache, patch) for i in config.valid_cases]
     sampler = PatchSampler(train_cases, patch, config.tumour_share, config.augmentation, config.seed)
@@ -442,7 +356,7 @@ def _fit(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: di
         [keras.callbacks.LearningRateScheduler(cosine_learning_rate(config)),
          keras.callbacks.EarlyStopping(monitor="val_dice", mode="max",
                                        patience=config.early_stopping_patience),
-         keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False),
+         keras.callbacks.TensorBoard(log_dir=str(out / LOGS_DIR), write_graph=False),
          recorder],
         add_history=True, add_progbar=verbose > 0, model=model, verbose=verbose,
         epochs=config.epochs, steps=config.steps_per_epoch)
@@ -471,34 +385,3 @@ def is_chief(strategy) -> bool:
     """Whether this process is the one that writes shared results (worker 0)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     return resolver is None or not resolver.task_id
-
-
-THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
-TOLERANCE = 0.005
-
-
-def calibrate_threshold(out: Path, valid_cases: list, patch_shape) -> float:
-    """Choose the probability threshold of the label map that gives the best mean Dice of
-    WT, TC and ET on the run's whole validation scans; record it in state.json.
-
-    Soft-Dice-trained networks give probabilities that are not calibrated, so 0.5 is not
-    always best; the choice uses validation cases only, never the cases evaluated later.
-    """
-    from .data import load_case
-    from .inference import predict_volume, to_label_map
-    from .metrics import case_metrics
-
-    model = load_model(out / "model.keras")
-    scores = {threshold: [] for threshold in THRESHOLDS}
-    for case in valid_cases:
-        image, label = load_case(case)
-        probabilities = predict_volume(model, image, patch_shape=patch_shape)
-        for threshold in THRESHOLDS:
-            row = case_metrics(to_label_map(probabilities, threshold), label)
-            scores[threshold].append(np.mean([row[f"Dice {r}"] for r in ("WT", "TC", "ET")]))
-    means = {t: float(np.mean(v)) for t, v in scores.items()}
-    # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
-    best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
-    write_state(out, read_state(out) | {"threshold": best, "threshold_scores":
-                                        {str(t): m for t, m in means.items()}})
-    return best
