@@ -235,6 +235,7 @@ def number(kind, low=None, high=None, high_open=False, low_open=False):
 
 POSITIVE = number(int, 1)
 SHARE = number(float, 0, 1, high_open=True)  # 0 <= x < 1
+SHARE_OPEN = number(float, 0, 1, low_open=True, high_open=True)  # 0 < x < 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,33 +256,37 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("data", metavar="DATA_DIR", help="MSD Task01 or BraTS folder")
     info.set_defaults(func=cmd_info)
 
-    cut = commands.add_parser("patches", help="export fixed patches to the seed's processed/ layout")
-    cut.add_argument("--data", required=True, help="MSD Task01 or BraTS folder")
-    cut.add_argument("--out", required=True, help="output folder (train/, valid/, config.json)")
-    cut.add_argument("--per-case", type=POSITIVE, default=4, help="patches per case (default 4)")
-    cut.add_argument("--valid-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
-                     default=0.2, help="share of cases (0.2)")
-    cut.add_argument("--patch", type=POSITIVE, nargs=3, default=SEED_PATCH_SHAPE,
-                     metavar=("X", "Y", "Z"))
-    cut.add_argument("--seed", type=int, default=0)
-    cut.set_defaults(func=cmd_patches)
+    patches = commands.add_parser("patches",
+                                  help="export fixed patches to the seed's processed/ layout")
+    patches.add_argument("--data", required=True, help="MSD Task01 or BraTS folder")
+    patches.add_argument("--out", required=True,
+                         help="output folder (train/, valid/, config.json)")
+    patches.add_argument("--per-case", type=POSITIVE, default=4,
+                         help="patches per case (default 4)")
+    patches.add_argument("--valid-fraction", type=SHARE_OPEN, default=0.2,
+                         help="share of cases (0.2)")
+    patches.add_argument("--patch", type=POSITIVE, nargs=3, default=SEED_PATCH_SHAPE,
+                         metavar=("X", "Y", "Z"))
+    patches.add_argument("--seed", type=int, default=0)
+    patches.set_defaults(func=cmd_patches)
 
-    fit = commands.add_parser("train", help="train a U-Net (a run folder with config, model, logs)")
-    fit.add_argument("--data", help="MSD Task01 or BraTS folder with labels")
-    fit.add_argument("--out", required=True, help="run folder")
-    fit.add_argument("--preset", choices=list(TRAINING_PRESETS),
-                     help=f"network and training settings (default {DEFAULT_PRESET})")
-    fit.add_argument("--config", help="a run's config.json: re-create that run")
-    fit.add_argument("--epochs", type=POSITIVE, help="with --resume: extend the run to this many")
-    fit.add_argument("--steps-per-epoch", type=POSITIVE)
-    fit.add_argument("--batch-size", type=POSITIVE, help="patches per replica per step")
-    fit.add_argument("--resume", action="store_true",
-                     help="complete the run in --out (a finished run stays as it is)")
-    fit.add_argument("--strategy", choices=STRATEGIES)
-    fit.add_argument("--seed", type=int)
-    fit.add_argument("--time-limit", type=number(float, 0, low_open=True), metavar="MINUTES",
-                     help="start no epoch that would end past this many minutes of training")
-    fit.set_defaults(func=cmd_train)
+    train = commands.add_parser("train",
+                                help="train a U-Net (a run folder with config, model, logs)")
+    train.add_argument("--data", help="MSD Task01 or BraTS folder with labels")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--preset", choices=list(TRAINING_PRESETS),
+                       help=f"network and training settings (default {DEFAULT_PRESET})")
+    train.add_argument("--config", help="a run's config.json: re-create that run")
+    train.add_argument("--epochs", type=POSITIVE, help="with --resume: extend the run to this many")
+    train.add_argument("--steps-per-epoch", type=POSITIVE)
+    train.add_argument("--batch-size", type=POSITIVE, help="patches per replica per step")
+    train.add_argument("--resume", action="store_true",
+                       help="complete the run in --out (a finished run stays as it is)")
+    train.add_argument("--strategy", choices=STRATEGIES)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--time-limit", type=number(float, 0, low_open=True), metavar="MINUTES",
+                       help="start no epoch that would end past this many minutes of training")
+    train.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="segment whole scans (NIfTI uint8 out)")
     predict.add_argument("--model", required=True, help="run folder or .keras file")

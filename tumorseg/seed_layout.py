@@ -27,8 +27,9 @@ def export_patches(data_dir, out_dir, patches_per_case: int = 4, valid_fraction:
 
     Writes ``out_dir/train/<case>_<k>.h5`` and ``out_dir/valid/<case>_<k>.h5`` (datasets ``x``
     ``(px, py, pz, 4)`` float32 and ``y`` ``(px, py, pz, 3)`` float32, channels-last) and
-    ``out_dir/config.json`` (:data:`INDEX_FILE`) with the ``train`` and ``valid`` file lists. Whole cases go to one
-    split (:func:`tumorseg.run.split_cases`). Every file is written atomically. Returns the config.
+    ``out_dir/config.json`` (:data:`INDEX_FILE`) with the ``train`` and ``valid`` file lists.
+    Whole cases go to one split (:func:`tumorseg.run.split_cases`). Every file is written
+    atomically. Returns the config.
     """
     import h5py
     from tqdm.auto import tqdm
@@ -62,7 +63,7 @@ def export_patches(data_dir, out_dir, patches_per_case: int = 4, valid_fraction:
 
 
 def __getattr__(name):
-    """``VolumeDataGenerator`` is made on first use, so importing this module does not load Keras."""
+    """``VolumeDataGenerator`` is made on first use: importing this module does not load Keras."""
     if name == "VolumeDataGenerator":
         return _volume_data_generator_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
