@@ -13,22 +13,27 @@ from .errors import InputError
 from .presets import DEFAULT_PRESET, PRECISIONS, SEED_PATCH_SHAPE
 
 
-def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up messages silenced: they are written straight to
-    file descriptor 2 and would bury the one-line error a bad input deserves."""
+def quiet_tensorflow() -> str:
+    """Import TensorFlow with its C++ start-up messages kept off the terminal: they are written
+    straight to file descriptor 2 and would bury the one-line error a bad input deserves.
+    Returns them (CUDA or cuDNN load errors among them, where a GPU did not load)."""
     import os
+    import tempfile
 
     sys.stderr.flush()
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        import tensorflow as tf
+    with tempfile.TemporaryFile(mode="w+") as log:
+        try:
+            os.dup2(log.fileno(), 2)
+            import tensorflow as tf
 
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        return log.read()
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -66,11 +71,11 @@ RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # 
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    quiet_tensorflow()
+    startup_log = quiet_tensorflow()
     from pathlib import Path
 
-    from .run import CONFIG_FILE, MODEL_FILE, TrainConfig
-    from .train import make_strategy, resume, train
+    from .run import CONFIG_FILE, MODEL_FILE, TrainConfig, is_run, read_config
+    from .train import describe_devices, make_strategy, resume, train
 
     out = Path(args.out)
     for name in RESUME_FIXED if args.resume else ():
@@ -78,8 +83,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             option = "--" + name.replace("_", "-")
             raise InputError(option, f"cannot change when resuming: {out / CONFIG_FILE} "
                                      "fixes it (start a new run to change it)")
-    strategy = make_strategy(args.strategy) if args.strategy else None
     if args.resume:
+        if not is_run(out):
+            raise InputError(out, f"no run to resume here ({CONFIG_FILE} missing)")
+        config = read_config(out)
+        print(describe_devices(args.strategy or config.strategy, config.preset, startup_log))
+        strategy = make_strategy(args.strategy) if args.strategy else None
         state = resume(out, epochs=args.epochs, time_limit_minutes=args.time_limit,
                        data=args.data, strategy=strategy)
     else:
@@ -101,7 +110,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             config = TrainConfig.from_preset(args.data, args.preset or DEFAULT_PRESET, **settings)
         if args.strategy:
             config.strategy = args.strategy
-        state = train(config, out, strategy=strategy)
+        config.validate()
+        print(describe_devices(config.strategy, config.preset, startup_log))
+        state = train(config, out, strategy=make_strategy(config.strategy))
     print(f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
           f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
           f"model: {out / MODEL_FILE}")
@@ -283,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="complete the run in --out (a finished run stays as it is)")
     train.add_argument("--strategy", choices=STRATEGIES)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=number(int, 0), help="run seed (at least 0)")
     train.add_argument("--time-limit", type=number(float, 0, low_open=True), metavar="MINUTES",
                        help="start no epoch that would end past this many minutes of training")
     train.set_defaults(func=cmd_train)

@@ -346,30 +346,44 @@ class Predictor:
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 TOLERANCE = 0.005
+CALIBRATED_REGIONS = ("WT", "TC", "ET")
 
 
-def calibrate_threshold(out: Path, valid_cases: list, patch_shape) -> float:
+def region_dice(pred_map: np.ndarray, true_map: np.ndarray) -> float:
+    """Mean Dice of the BraTS regions WT, TC and ET of two ``(x, y, z)`` label maps (two empty
+    masks agree: Dice 1)."""
+    from .metrics import REGIONS
+
+    scores = []
+    for region in CALIBRATED_REGIONS:
+        values = REGIONS[region]
+        p, t = np.isin(pred_map, values), np.isin(true_map, values)
+        total = np.count_nonzero(p) + np.count_nonzero(t)
+        scores.append(1.0 if total == 0 else 2 * np.count_nonzero(p & t) / total)
+    return float(np.mean(scores))
+
+
+def calibrate_threshold(run: str | os.PathLike, valid_cases: list, tta: bool = True) -> float:
     """Choose the probability threshold of the label map that gives the best mean Dice of
-    WT, TC and ET on the run's whole validation scans; record it in state.json.
+    WT, TC and ET on the run's whole validation scans; record it in state.json, with the
+    test-time flip setting ``tta`` it was chosen under (predict with the same).
 
     Soft-Dice-trained networks give probabilities that are not calibrated, so 0.5 is not
-    always best; the choice uses validation cases only, never the cases evaluated later.
+    always best; the choice uses validation cases only, never the cases evaluated later. One
+    :class:`Predictor` predicts every case.
     """
     from .data import load_case
-    from .metrics import case_metrics
-    from .model import load_model
 
-    model = load_model(Path(out) / MODEL_FILE)
+    predictor = Predictor.from_run(run)
     scores = {threshold: [] for threshold in THRESHOLDS}
     for case in valid_cases:
         image, label = load_case(case)
-        probabilities = predict_volume(model, image, patch_shape=patch_shape)
+        probabilities = predictor.predict(image, tta=tta)
         for threshold in THRESHOLDS:
-            row = case_metrics(to_label_map(probabilities, threshold), label)
-            scores[threshold].append(np.mean([row[f"Dice {r}"] for r in ("WT", "TC", "ET")]))
+            scores[threshold].append(region_dice(to_label_map(probabilities, threshold), label))
     means = {t: float(np.mean(v)) for t, v in scores.items()}
     # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
     best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
-    write_state(out, read_state(out) | {"threshold": best, "threshold_scores":
-                                        {str(t): m for t, m in means.items()}})
+    write_state(run, read_state(run) | {"threshold": best, "threshold_tta": tta,
+                                        "threshold_scores": {str(t): m for t, m in means.items()}})
     return best
