@@ -85,9 +85,19 @@ def test_existing_run_is_refused_without_resume(trained_run):
     assert result.returncode == 2 and "--resume" in result.stderr and str(run) in result.stderr
 
 
-def test_killed_training_resumes_at_the_right_epoch(tmp_path):
+def weights_of(path):
+    return load_model(path).get_weights()
+
+
+def test_killed_training_resumes_as_if_never_interrupted(tmp_path):
+    """SIGKILL mid-run, then --resume: the same weights, history and end as a run of the same
+    settings that was never interrupted."""
     data = make_dataset(tmp_path / "data")
     config = tiny_config(data, tmp_path, epochs=4, steps_per_epoch=40)
+    reference = tmp_path / "reference"
+    result = tumorseg("train", "--config", config, "--out", reference)
+    assert result.returncode == 0, result.stderr[-2000:]
+
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "tumorseg", "train", "--config", str(config),
                                 "--out", str(out)], stdout=subprocess.DEVNULL,
@@ -103,11 +113,32 @@ def test_killed_training_resumes_at_the_right_epoch(tmp_path):
     assert 1 <= state["epoch"] < 4, "killed mid-run"
     result = tumorseg("train", "--out", out, "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
-    state = json.loads((out / "state.json").read_text())
-    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
-    assert len((out / "history.csv").read_text().splitlines()) == 5
-    checkpoints = sorted(p.name for p in out.glob("checkpoint-*.keras"))
-    assert checkpoints == ["checkpoint-0004.keras"]
+    resumed, expected = (json.loads((run / "state.json").read_text()) for run in (out, reference))
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"] == expected["history"]
+    assert (resumed["ended"], resumed["best_val_dice"]) == (expected["ended"],
+                                                           expected["best_val_dice"])
+    assert sorted(p.name for p in out.glob("checkpoint-*.keras")) == ["checkpoint-0004.keras"]
+    for name in ("checkpoint-0004.keras", "model.keras"):
+        for a, b in zip(weights_of(out / name), weights_of(reference / name), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_resume_restores_early_stopping(tmp_path):
+    """A run resumed with two epochs of patience used up and an unbeatable best stops after one
+    more epoch, as the uninterrupted run would have."""
+    from tumorseg.train import resume, train
+
+    data = make_dataset(tmp_path / "data")
+    config = TrainConfig.load(tiny_config(data, tmp_path, epochs=1, steps_per_epoch=2,
+                                          early_stopping_patience=3))
+    train(config, tmp_path / "run", verbose=0)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    state |= {"best_val_dice": 1.5, "epochs_without_improvement": 2}
+    (tmp_path / "run" / "state.json").write_text(json.dumps(state))
+    state = resume(tmp_path / "run", epochs=6, verbose=0)
+    assert (state["epoch"], state["ended"]) == (2, "early stop")
+    assert state["epochs_without_improvement"] == 3 and state["best_val_dice"] == 1.5
 
 
 def free_port() -> int:
@@ -116,28 +147,90 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_workers_end_with_the_same_weights(tmp_path):
+DIVISION_SCRIPT = """
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tumorseg.metrics import batch_dice_loss
+from tumorseg.model import unet_model_3d
+from tumorseg.train import make_train_step
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 2, 8, 8, 4, 4)).astype(np.float32)  # replica, batch, ...
+y = (rng.random((2, 2, 8, 8, 4, 3)) < 0.3).astype(np.float32)
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model = unet_model_3d(input_shape=(8, 8, 4, 4), depth=2, n_base_filters=2)
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+reference = unet_model_3d(input_shape=(8, 8, 4, 4), depth=2, n_base_filters=2)
+reference.set_weights(model.get_weights())
+batch = tuple(strategy.experimental_distribute_values_from_function(
+    lambda context, a=a: tf.constant(a[context.replica_id_in_sync_group])) for a in (x, y))
+make_train_step(model, strategy)(batch)
+with tf.GradientTape() as tape:  # the mean of the two replicas' losses, one SGD step
+    loss = (batch_dice_loss(y[0], reference(x[0], training=True))
+            + batch_dice_loss(y[1], reference(x[1], training=True))) / 2
+gradients = tape.gradient(loss, reference.trainable_variables)
+keras.optimizers.SGD(1.0).apply_gradients(zip(gradients, reference.trainable_variables))
+moved = max(float(np.abs(g).max()) for g in gradients)
+difference = max(float(np.abs(a - b).max())
+                 for a, b in zip(model.get_weights(), reference.get_weights()))
+print("RESULT", moved, difference)
+"""
+
+
+def test_replicas_apply_the_mean_of_their_gradients():
+    """Two replicas with different batches take one SGD step: the weights move by the gradient
+    of the mean of their losses (the loss is divided by the number of replicas)."""
+    result = subprocess.run([sys.executable, "-c", DIVISION_SCRIPT], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    moved, difference = map(float, result.stdout.split("RESULT")[1].split())
+    assert moved > 1e-3, "the step must move the weights"
+    assert difference < 1e-6 * max(moved, 1), (moved, difference)
+
+
+def test_two_workers_share_one_run_folder(tmp_path):
+    """Two workers on 127.0.0.1 train into one --out; worker 1 starts 10 s late, so the workers'
+    own clocks disagree. The chief alone writes the run folder and decides when the time limit
+    ends the run; both workers stop after the same epoch."""
     data = make_dataset(tmp_path / "data")
-    config = tiny_config(data, tmp_path, epochs=2, steps_per_epoch=3)
+    config = tiny_config(data, tmp_path, epochs=50, steps_per_epoch=3,
+                         time_limit_minutes=0.3)
+    out = tmp_path / "run"
     ports = [free_port(), free_port()]
     workers = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({
             "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
             "task": {"type": "worker", "index": index}}))
+        if index == 1:
+            env["TUMORSEG_SLOW_START_SECONDS"] = "10"
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "tumorseg", "train", "--config", str(config), "--out",
-             str(tmp_path / f"worker{index}"), "--strategy", "multiworker"],
+             str(out), "--strategy", "multiworker"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for worker in workers:
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 0, err[-3000:]
-    first = load_model(tmp_path / "worker0" / "checkpoint-0002.keras").get_weights()
-    second = load_model(tmp_path / "worker1" / "checkpoint-0002.keras").get_weights()
-    initial = TrainConfig.load(tmp_path / "worker0" / "config.json")
-    assert initial.strategy == "multiworker"
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
+    outputs = []
+    try:
+        for worker in workers:
+            stdout, stderr = worker.communicate(timeout=240)
+            assert worker.returncode == 0, stderr[-3000:]
+            outputs.append(stdout)
+    finally:
+        for worker in workers:
+            worker.kill()
+    state = json.loads((out / "state.json").read_text())
+    assert state["ended"] == "time limit" and 1 <= state["epoch"] < 50
+    ends = [line for text in outputs for line in text.splitlines() if " after " in line
+            and "best validation Dice" in line]
+    assert len(ends) == 2 and ends[0] == ends[1], outputs  # the same epoch on both workers
+    assert TrainConfig.load(out / "config.json").strategy == "multiworker"
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "state.json", "model.keras", "history.csv", "cache", "logs",
+            f"checkpoint-{state['epoch']:04d}.keras"} <= names
+    assert not [n for n in names if ".tmp" in n or "worker" in n]
+    assert "threshold" in state
 
 
 # ----------------------------------------------------------------------------- predict and evaluate
@@ -290,6 +383,8 @@ def test_resume_with_epochs_extends_the_run(trained_run, tmp_path):
     run = copy_run(trained_run[0], tmp_path)
     result = tumorseg("train", "--out", run, "--resume", "--epochs", 4)
     assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "learning rate" in line]
+    assert len(lines) == 1 and "spans 4 epochs (was 3)" in lines[0], result.stdout
     state = json.loads((run / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
     assert state["ended"] == "finished" and "threshold" in state

@@ -71,11 +71,9 @@ RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # 
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    startup_log = quiet_tensorflow()
     from pathlib import Path
 
-    from .run import CONFIG_FILE, MODEL_FILE, TrainConfig, is_run, read_config
-    from .train import describe_devices, make_strategy, resume, train
+    from .run import CONFIG_FILE, MODEL_FILE, is_run, read_config
 
     out = Path(args.out)
     for name in RESUME_FIXED if args.resume else ():
@@ -87,35 +85,46 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not is_run(out):
             raise InputError(out, f"no run to resume here ({CONFIG_FILE} missing)")
         config = read_config(out)
-        print(describe_devices(args.strategy or config.strategy, config.preset, startup_log))
+    else:
+        config = new_train_config(args)
+    startup_log = quiet_tensorflow()  # after the settings are checked: bad ones fail fast
+    from .train import describe_devices, make_strategy, resume, train
+
+    print(describe_devices(args.strategy or config.strategy, config.preset, startup_log))
+    if args.resume:
         strategy = make_strategy(args.strategy) if args.strategy else None
         state = resume(out, epochs=args.epochs, time_limit_minutes=args.time_limit,
                        data=args.data, strategy=strategy)
     else:
-        settings = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
-                    "batch_size": args.batch_size, "seed": args.seed,
-                    "time_limit_minutes": args.time_limit}
-        if args.config:
-            if args.preset:
-                raise InputError("--preset", f"{args.config} holds the run's settings: give "
-                                             "--preset or --config, not both")
-            config = TrainConfig.load(args.config)
-            config.data = args.data or config.data
-            for key, value in settings.items():
-                if value is not None:
-                    setattr(config, key, value)
-        elif not args.data:
-            raise InputError("--data", "a data folder is needed for a new run")
-        else:
-            config = TrainConfig.from_preset(args.data, args.preset or DEFAULT_PRESET, **settings)
-        if args.strategy:
-            config.strategy = args.strategy
-        config.validate()
-        print(describe_devices(config.strategy, config.preset, startup_log))
         state = train(config, out, strategy=make_strategy(config.strategy))
     print(f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
           f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
           f"model: {out / MODEL_FILE}")
+
+
+def new_train_config(args: argparse.Namespace):
+    """The validated :class:`~tumorseg.run.TrainConfig` of a new run: a preset or a --config
+    file, with the options given beside it."""
+    from .run import TrainConfig
+
+    settings = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+                "batch_size": args.batch_size, "seed": args.seed,
+                "time_limit_minutes": args.time_limit, "strategy": args.strategy}
+    if args.config:
+        if args.preset:
+            raise InputError("--preset", f"{args.config} holds the run's settings: give "
+                                         "--preset or --config, not both")
+        config = TrainConfig.load(args.config)
+        config.data = args.data or config.data
+        for key, value in settings.items():
+            if value is not None:
+                setattr(config, key, value)
+    elif not args.data:
+        raise InputError("--data", "a data folder is needed for a new run")
+    else:
+        config = TrainConfig.from_preset(args.data, args.preset or DEFAULT_PRESET, **settings)
+    config.validate()
+    return config
 
 
 def prediction_targets(cases, out) -> tuple[list, "Path"]:
