@@ -192,12 +192,14 @@ def test_replicas_apply_the_mean_of_their_gradients():
 
 
 def test_two_workers_share_one_run_folder(tmp_path):
-    """Two workers on 127.0.0.1 train into one --out; worker 1 starts 10 s late, so the workers'
-    own clocks disagree. The chief alone writes the run folder and decides when the time limit
-    ends the run; both workers stop after the same epoch."""
+    """Two workers on 127.0.0.1 train into one --out; worker 1 starts 30 s late, after the
+    collectives that create the model, so the chief's clock counts 30 s more than worker 1's
+    (the chief waits in the first step). The chief alone writes the run folder and decides when
+    the 1-minute limit ends the run (after epoch 1: 2 x (30 s + the first step's tracing));
+    both workers stop after that epoch. Were each worker to decide on its own clock, worker 1
+    would go on (2 x the tracing < 60 s) and wait for a chief that has left."""
     data = make_dataset(tmp_path / "data")
-    config = tiny_config(data, tmp_path, epochs=50, steps_per_epoch=3,
-                         time_limit_minutes=0.3)
+    config = tiny_config(data, tmp_path, epochs=50, steps_per_epoch=3, time_limit_minutes=1.0)
     out = tmp_path / "run"
     ports = [free_port(), free_port()]
     workers = []
@@ -206,7 +208,7 @@ def test_two_workers_share_one_run_folder(tmp_path):
             "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
             "task": {"type": "worker", "index": index}}))
         if index == 1:
-            env["TUMORSEG_SLOW_START_SECONDS"] = "10"
+            env["TUMORSEG_SLOW_START_SECONDS"] = "30"
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "tumorseg", "train", "--config", str(config), "--out",
              str(out), "--strategy", "multiworker"],
@@ -525,3 +527,65 @@ def test_sigkill_while_a_prediction_is_written_leaves_no_partial_file(trained_ru
         assert nib.load(target).shape == shape
         np.asarray(nib.load(target).dataobj)  # decompresses to the end
     assert written == [f".big.nii.gz.{process.pid}.tmp.nii.gz"], written  # killed mid-write
+
+
+# ----------------------------------------------------------------------------- bad settings
+
+
+def bad_config(tmp_path, change):
+    """tiny.json with ``change`` applied to its mapping."""
+    path = tiny_config(tmp_path / "data", tmp_path)
+    values = json.loads(path.read_text())
+    change(values)
+    path.write_text(json.dumps(values))
+    return path
+
+
+BAD_FILES = {
+    "epochs 0": (lambda v: v.update(epochs=0), "epochs: must be at least 1"),
+    "batch_size 0": (lambda v: v.update(batch_size=0), "batch_size: must be at least 1"),
+    "unpoolable patch": (lambda v: v["model"].update(patch_shape=[16, 16, 6]),
+                         "model.patch_shape: [16, 16, 6] cannot be pooled 2 times"),
+    "unknown key": (lambda v: v.update(epoch=3), "epoch: unknown setting"),
+    "unknown model key": (lambda v: v["model"].update(filters=3), "model.filters: unknown"),
+    "wrong type": (lambda v: v.update(steps_per_epoch="ten"), "steps_per_epoch: must be an "
+                                                             "integer, got 'ten'"),
+    "bool for int": (lambda v: v.update(batch_size=True), "batch_size: must be an integer"),
+    "negative seed": (lambda v: v.update(seed=-1), "seed: must be at least 0"),
+    "missing key": (lambda v: v.pop("learning_rate"), "learning_rate: missing"),
+    "bad strategy": (lambda v: v.update(strategy="ring"), "strategy: must be one of"),
+    "not a mapping": (lambda v: v["augmentation"].clear() or v.update(augmentation=[1]),
+                      "augmentation: must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_a_bad_config_file_exits_2_naming_file_and_key(tmp_path, name):
+    change, words = BAD_FILES[name]
+    path = bad_config(tmp_path, change)
+    result = tumorseg("train", "--config", path, "--out", tmp_path / "run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert str(path) in lines[0] and words in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, option", [(("--seed", "-1"), "--seed"),
+                                          (("--epochs", "0"), "--epochs"),
+                                          (("--batch-size", "0"), "--batch-size")])
+def test_a_bad_option_exits_2_naming_it(tmp_path, args, option):
+    result = tumorseg("train", "--data", tmp_path, "--out", tmp_path / "run", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and option in lines[0], result.stderr
+
+
+def test_the_python_interface_validates_too(tmp_path):
+    from tumorseg.errors import InputError
+    from tumorseg.train import train
+
+    config = TrainConfig.from_preset(tmp_path, "cpu", epochs=0)
+    with pytest.raises(InputError, match="^--epochs: must be at least 1"):
+        train(config, tmp_path / "run", verbose=0)
+    config = TrainConfig.from_preset(tmp_path, "cpu", learning_rate=-1.0)
+    with pytest.raises(InputError, match="config key learning_rate: must be above 0"):
+        config.validate()

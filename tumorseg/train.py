@@ -457,7 +457,6 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
     valid_x, valid_y = validation_arrays(
         PatchSampler(valid_cases, patch, config.tumour_share, NO_AUGMENTATION, config.seed + 1),
         config.validation_patches)
-    time.sleep(float(os.environ.get(SLOW_START_VARIABLE) or 0))
 
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     start = initial_epoch * config.steps_per_epoch * global_batch
@@ -480,6 +479,9 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
         step = make_train_step(model, strategy)
         broadcast = make_broadcast(strategy)
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    # Tests: a worker that starts late, after the last collective before training (so the
+    # workers' own clocks disagree by this much).
+    time.sleep(float(os.environ.get(SLOW_START_VARIABLE) or 0))
 
     state = dict(state or {"history": [], "training_seconds": 0.0})
     early = EarlyStopping.restore(config.early_stopping_patience, state)
