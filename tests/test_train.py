@@ -48,6 +48,7 @@ def trained_run(tmp_path_factory):
     config = tiny_config(data, root)
     result = tumorseg("train", "--config", config, "--out", root / "run")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("TensorFlow devices: CPU:0"), result.stdout[:200]
     return root / "run", data
 
 
@@ -63,6 +64,8 @@ def test_run_folder_holds_everything(trained_run):
     assert not [n for n in names if ".tmp" in n]
     config = TrainConfig.load(run / "config.json")
     assert config.model == TINY and config.epochs == 3
+    assert config.spacing == [1.0, 1.0, 2.5]  # the training cases' voxel size (conftest)
+    assert json.loads((run / "state.json").read_text())["threshold_tta"] is True
     assert len(config.train_cases) == 2 and len(config.valid_cases) == 1
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].split(",")[:1] == ["epoch"] and len(history) == 4
@@ -589,3 +592,51 @@ def test_the_python_interface_validates_too(tmp_path):
     config = TrainConfig.from_preset(tmp_path, "cpu", learning_rate=-1.0)
     with pytest.raises(InputError, match="config key learning_rate: must be above 0"):
         config.validate()
+
+
+# ----------------------------------------------------------------------------- devices, calibration
+
+
+def test_a_missing_gpu_is_said_when_one_was_expected(monkeypatch):
+    import tensorflow as tf
+
+    from tumorseg.train import describe_devices
+
+    cpu = tf.config.PhysicalDevice("/physical_device:CPU:0", "CPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda *args: [cpu])
+    log = "I cudart_stub.cc:31] noise\nW dso_loader.cc] Could not load library libcudnn.so.9\n"
+    assert describe_devices("default", "cpu", log) == "TensorFlow devices: CPU:0"
+    for strategy, preset, words in (("mirrored", "cpu", "the mirrored strategy"),
+                                    ("default", "seed", "the seed preset")):
+        lines = describe_devices(strategy, preset, log).splitlines()
+        assert len(lines) == 2 and lines[0] == "TensorFlow devices: CPU:0"
+        assert "no GPU loaded" in lines[1] and words in lines[1] and "libcudnn.so.9" in lines[1]
+
+
+def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_path,
+                                                             monkeypatch):
+    import tumorseg.metrics
+    import tumorseg.model
+    from tumorseg.data import find_cases
+    from tumorseg.inference import Predictor, calibrate_threshold
+
+    run = copy_run(trained_run[0], tmp_path)
+    builds, flips = [], []
+    build_model = tumorseg.model.build_model
+    monkeypatch.setattr(tumorseg.model, "build_model",
+                        lambda *args, **kwargs: builds.append(1) or build_model(*args, **kwargs))
+    predict = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, image, **options: flips.append(
+        options.get("tta")) or predict(self, image, **options))
+
+    def no_hd95(*args, **kwargs):
+        raise AssertionError("calibration computed HD95")
+
+    monkeypatch.setattr(tumorseg.metrics, "hausdorff95", no_hd95)
+    cases = find_cases(trained_run[1])
+    for tta in (False, True):
+        builds.clear(), flips.clear()
+        threshold = calibrate_threshold(run, cases, tta=tta)
+        state = json.loads((run / "state.json").read_text())
+        assert state["threshold"] == threshold and state["threshold_tta"] is tta
+        assert len(builds) == 1 and flips == [tta] * len(cases), (builds, flips)
