@@ -87,8 +87,8 @@ def accuracy() -> dict:
     from tumorseg.data import find_cases, load_case, voxel_spacing
     from tumorseg.inference import Predictor, seed_tiling_predict, to_label_map
     from tumorseg.metrics import case_metrics, metrics_table
-    from tumorseg.synthetic import write_dataset
     from tumorseg.run import is_run
+    from tumorseg.synthetic import write_dataset
     from tumorseg.train import TrainConfig, resume, train
 
     train_data, test_data, run = OUT / "train-data", OUT / "held-out", OUT / "accuracy-run"
