@@ -1,9 +1,11 @@
-"""Training runs: the input pipeline, one training step for every tf.distribute strategy,
-Keras callbacks, atomic checkpoints and resume. The run folder's format is :mod:`tumorseg.run`.
+"""Training runs: the input pipeline, one training step for every tf.distribute strategy, early
+stopping and the time limit (decided by the chief, told to every worker), atomic checkpoints and
+resume. The run folder's format is :mod:`tumorseg.run`.
 
 Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so the
-loop is ours: ``strategy.run`` of a step that applies the optimizer under a GradientTape, the
-loss divided by the number of replicas. The same step serves every strategy.
+loop is ours: ``strategy.run`` of :func:`gradient_step`, which applies the optimizer under a
+GradientTape to the loss divided by the number of replicas. The same step serves every strategy
+and the course's :func:`train_step`.
 """
 
 from __future__ import annotations
