@@ -1,13 +1,14 @@
 """Run the benchmarks: `python -m benchmarks [NAME ...]`; print a table; JSON in build/bench/.
 
-Without names: all but ``ablation`` (about 2.7 hours of training; name it to run it)."""
+Without names: all but ``ablation`` (about 2.7 hours of training) and ``calibration`` (a
+before/after comparison that needs the git history); name them to run them."""
 
 from __future__ import annotations
 
 import sys
 
-from . import (bench_ablation, bench_inference, bench_model, bench_patches, bench_synthesis,
-               bench_transfer, bench_viewer)
+from . import (bench_ablation, bench_calibration, bench_inference, bench_model, bench_patches,
+               bench_synthesis, bench_transfer, bench_viewer)
 
 BENCHMARKS = {
     "patches": (bench_patches.sampling, bench_patches.report_sampling),
@@ -18,8 +19,9 @@ BENCHMARKS = {
     "synthesis": (bench_synthesis.synthesis, bench_synthesis.report_synthesis),
     "transfer": (bench_transfer.transfer, bench_transfer.report_transfer),
     "ablation": (bench_ablation.ablation, bench_ablation.report_ablation),
+    "calibration": (bench_calibration.calibration, bench_calibration.report_calibration),
 }
-LONG = ("ablation",)
+LONG = ("ablation", "calibration")  # run only when named
 
 
 def main(names: list[str]) -> int:

@@ -64,6 +64,7 @@ def train_variant(name: str) -> dict:
     from tumorseg.inference import Predictor
     from tumorseg.patches import Augmentation
     from tumorseg.presets import TRAINING_PRESETS
+    from tumorseg.run import is_run
     from tumorseg.synthetic import DEFAULT, write_dataset
     from tumorseg.train import TrainConfig, resume, train
 
@@ -80,7 +81,7 @@ def train_variant(name: str) -> dict:
     train_data = folder / ("train-default" if shared else f"train-{name}")
     write_dataset(train_data, cases=cases, seed=0, progress=False, generator=generator)
     run = folder / f"run-{name}"
-    if (run / "config.json").exists():
+    if is_run(run):
         state = resume(run, verbose=0)
     else:
         config = TrainConfig.from_preset(

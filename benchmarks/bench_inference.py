@@ -87,13 +87,14 @@ def accuracy() -> dict:
     from tumorseg.data import find_cases, load_case, voxel_spacing
     from tumorseg.inference import Predictor, seed_tiling_predict, to_label_map
     from tumorseg.metrics import case_metrics, metrics_table
+    from tumorseg.run import is_run
     from tumorseg.synthetic import write_dataset
     from tumorseg.train import TrainConfig, resume, train
 
     train_data, test_data, run = OUT / "train-data", OUT / "held-out", OUT / "accuracy-run"
     write_dataset(train_data, cases=24, seed=0, progress=False)
     write_dataset(test_data, cases=HELD_OUT, seed=1, progress=False)
-    if (run / "config.json").exists():  # a finished run is reused: delete it to retrain
+    if is_run(run):  # a finished run is reused: delete it to retrain
         state = resume(run, verbose=0)
     else:
         state = train(TrainConfig.from_preset(str(train_data), time_limit_minutes=15), run,

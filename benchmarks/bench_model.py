@@ -26,7 +26,7 @@ def forward_rate(precision: str, repeat: int = 3) -> tuple[float, float]:
     if precision == "bf16":
         from dataclasses import replace
 
-        config = replace(config, precision="mixed_bfloat16")
+        config = replace(config, precision="bf16")
     model = build_model(config)
     x = np.random.default_rng(0).standard_normal((1, *config.patch_shape, 4)).astype(np.float32)
     seconds = timed(lambda: model.predict_on_batch(x), repeat)

@@ -85,8 +85,9 @@ def input_wait(steps: int = 30) -> dict:
     from tumorseg.metrics import batch_dice_loss
     from tumorseg.model import build_model
     from tumorseg.patches import PatchSampler, cache_case, training_dataset
+    from tumorseg.presets import TRAINING_PRESETS
     from tumorseg.synthetic import write_dataset
-    from tumorseg.train import TRAINING_PRESETS, TrainConfig, make_train_step
+    from tumorseg.train import TrainConfig, make_train_step
 
     from .common import OUT
 

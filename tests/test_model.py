@@ -49,7 +49,7 @@ def test_free_input_size_and_options():
 
 def test_bf16_keeps_float32_probabilities():
     model = build_model(ModelConfig(patch_shape=(16, 16, 16), n_base_filters=2,
-                                    precision="mixed_bfloat16"))
+                                    precision="bf16"))
     assert model.layers[1].compute_dtype == "bfloat16"
     out = model(np.random.default_rng(0).random((1, 16, 16, 16, 4)).astype(np.float32))
     assert out.dtype == "float32"

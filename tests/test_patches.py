@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from dataclasses import replace
 
@@ -212,33 +211,6 @@ def test_tf_pipeline_is_deterministic_and_resumable(tumour_dataset, tmp_path):
     resumed = list(patches.training_dataset(sampler, batch_size=2, start=4, count=4)
                    .as_numpy_iterator())
     np.testing.assert_array_equal(resumed[0][0], first[2][0])
-
-
-def test_hdf5_export_round_trips(tumour_dataset, tmp_path):
-    import h5py
-
-    out = tmp_path / "processed"
-    config = patches.export_patches(tumour_dataset, out, patches_per_case=2, valid_fraction=0.34,
-                                    patch_shape=(16, 16, 8), background_threshold=0.9, seed=0)
-    assert json.loads((out / "config.json").read_text()) == config
-    assert len(config["train"]) == 4 and len(config["valid"]) == 2
-    train_cases = {n.rsplit("_", 1)[0] for n in config["train"]}
-    assert not train_cases & {n.rsplit("_", 1)[0] for n in config["valid"]}
-    with h5py.File(out / "train" / config["train"][0]) as h5:
-        x, y = h5["x"][()], h5["y"][()]
-    assert x.shape == (16, 16, 8, 4) and y.shape == (16, 16, 8, 3)
-    np.testing.assert_allclose(x.mean(axis=(0, 1)), 0, atol=1e-4)
-    assert np.mean(y.sum(-1) == 0) < 0.9
-
-    generator = patches.VolumeDataGenerator(config["train"], out / "train", batch_size=2,
-                                            dim=(16, 16, 8), shuffle=False)
-    import keras
-
-    assert isinstance(generator, keras.utils.PyDataset) and len(generator) == 2
-    X, Y = generator[0]
-    assert X.shape == (2, 16, 16, 8, 4) and Y.shape == (2, 16, 16, 8, 3)
-    np.testing.assert_array_equal(X[0], x)
-    np.testing.assert_array_equal(Y[0], y)
 
 
 def test_bounding_box_of_non_zero_voxels_with_margin():

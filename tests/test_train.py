@@ -48,6 +48,7 @@ def trained_run(tmp_path_factory):
     config = tiny_config(data, root)
     result = tumorseg("train", "--config", config, "--out", root / "run")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("TensorFlow devices: CPU:0"), result.stdout[:200]
     return root / "run", data
 
 
@@ -63,6 +64,8 @@ def test_run_folder_holds_everything(trained_run):
     assert not [n for n in names if ".tmp" in n]
     config = TrainConfig.load(run / "config.json")
     assert config.model == TINY and config.epochs == 3
+    assert config.spacing == [1.0, 1.0, 2.5]  # the training cases' voxel size (conftest)
+    assert json.loads((run / "state.json").read_text())["threshold_tta"] is True
     assert len(config.train_cases) == 2 and len(config.valid_cases) == 1
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].split(",")[:1] == ["epoch"] and len(history) == 4
@@ -85,9 +88,19 @@ def test_existing_run_is_refused_without_resume(trained_run):
     assert result.returncode == 2 and "--resume" in result.stderr and str(run) in result.stderr
 
 
-def test_killed_training_resumes_at_the_right_epoch(tmp_path):
+def weights_of(path):
+    return load_model(path).get_weights()
+
+
+def test_killed_training_resumes_as_if_never_interrupted(tmp_path):
+    """SIGKILL mid-run, then --resume: the same weights, history and end as a run of the same
+    settings that was never interrupted."""
     data = make_dataset(tmp_path / "data")
     config = tiny_config(data, tmp_path, epochs=4, steps_per_epoch=40)
+    reference = tmp_path / "reference"
+    result = tumorseg("train", "--config", config, "--out", reference)
+    assert result.returncode == 0, result.stderr[-2000:]
+
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "tumorseg", "train", "--config", str(config),
                                 "--out", str(out)], stdout=subprocess.DEVNULL,
@@ -103,11 +116,32 @@ def test_killed_training_resumes_at_the_right_epoch(tmp_path):
     assert 1 <= state["epoch"] < 4, "killed mid-run"
     result = tumorseg("train", "--out", out, "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
-    state = json.loads((out / "state.json").read_text())
-    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
-    assert len((out / "history.csv").read_text().splitlines()) == 5
-    checkpoints = sorted(p.name for p in out.glob("checkpoint-*.keras"))
-    assert checkpoints == ["checkpoint-0004.keras"]
+    resumed, expected = (json.loads((run / "state.json").read_text()) for run in (out, reference))
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"] == expected["history"]
+    assert (resumed["ended"], resumed["best_val_dice"]) == (expected["ended"],
+                                                           expected["best_val_dice"])
+    assert sorted(p.name for p in out.glob("checkpoint-*.keras")) == ["checkpoint-0004.keras"]
+    for name in ("checkpoint-0004.keras", "model.keras"):
+        for a, b in zip(weights_of(out / name), weights_of(reference / name), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_resume_restores_early_stopping(tmp_path):
+    """A run resumed with two epochs of patience used up and an unbeatable best stops after one
+    more epoch, as the uninterrupted run would have."""
+    from tumorseg.train import resume, train
+
+    data = make_dataset(tmp_path / "data")
+    config = TrainConfig.load(tiny_config(data, tmp_path, epochs=1, steps_per_epoch=2,
+                                          early_stopping_patience=3))
+    train(config, tmp_path / "run", verbose=0)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    state |= {"best_val_dice": 1.5, "epochs_without_improvement": 2}
+    (tmp_path / "run" / "state.json").write_text(json.dumps(state))
+    state = resume(tmp_path / "run", epochs=6, verbose=0)
+    assert (state["epoch"], state["ended"]) == (2, "early stop")
+    assert state["epochs_without_improvement"] == 3 and state["best_val_dice"] == 1.5
 
 
 def free_port() -> int:
@@ -116,28 +150,92 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_workers_end_with_the_same_weights(tmp_path):
+DIVISION_SCRIPT = """
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tumorseg.metrics import batch_dice_loss
+from tumorseg.model import unet_model_3d
+from tumorseg.train import make_train_step
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 2, 8, 8, 4, 4)).astype(np.float32)  # replica, batch, ...
+y = (rng.random((2, 2, 8, 8, 4, 3)) < 0.3).astype(np.float32)
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model = unet_model_3d(input_shape=(8, 8, 4, 4), depth=2, n_base_filters=2)
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+reference = unet_model_3d(input_shape=(8, 8, 4, 4), depth=2, n_base_filters=2)
+reference.set_weights(model.get_weights())
+batch = tuple(strategy.experimental_distribute_values_from_function(
+    lambda context, a=a: tf.constant(a[context.replica_id_in_sync_group])) for a in (x, y))
+make_train_step(model, strategy)(batch)
+with tf.GradientTape() as tape:  # the mean of the two replicas' losses, one SGD step
+    loss = (batch_dice_loss(y[0], reference(x[0], training=True))
+            + batch_dice_loss(y[1], reference(x[1], training=True))) / 2
+gradients = tape.gradient(loss, reference.trainable_variables)
+keras.optimizers.SGD(1.0).apply_gradients(zip(gradients, reference.trainable_variables))
+moved = max(float(np.abs(g).max()) for g in gradients)
+difference = max(float(np.abs(a - b).max())
+                 for a, b in zip(model.get_weights(), reference.get_weights()))
+print("RESULT", moved, difference)
+"""
+
+
+def test_replicas_apply_the_mean_of_their_gradients():
+    """Two replicas with different batches take one SGD step: the weights move by the gradient
+    of the mean of their losses (the loss is divided by the number of replicas)."""
+    result = subprocess.run([sys.executable, "-c", DIVISION_SCRIPT], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    moved, difference = map(float, result.stdout.split("RESULT")[1].split())
+    assert moved > 1e-3, "the step must move the weights"
+    assert difference < 1e-6 * max(moved, 1), (moved, difference)
+
+
+def test_two_workers_share_one_run_folder(tmp_path):
+    """Two workers on 127.0.0.1 train into one --out; worker 1 starts 30 s late, after the
+    collectives that create the model, so the chief's clock counts 30 s more than worker 1's
+    (the chief waits in the first step). The chief alone writes the run folder and decides when
+    the 1-minute limit ends the run (after epoch 1: 2 x (30 s + the first step's tracing));
+    both workers stop after that epoch. Were each worker to decide on its own clock, worker 1
+    would go on (2 x the tracing < 60 s) and wait for a chief that has left."""
     data = make_dataset(tmp_path / "data")
-    config = tiny_config(data, tmp_path, epochs=2, steps_per_epoch=3)
+    config = tiny_config(data, tmp_path, epochs=50, steps_per_epoch=3, time_limit_minutes=1.0)
+    out = tmp_path / "run"
     ports = [free_port(), free_port()]
     workers = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({
             "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
             "task": {"type": "worker", "index": index}}))
+        if index == 1:
+            env["TUMORSEG_SLOW_START_SECONDS"] = "30"
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "tumorseg", "train", "--config", str(config), "--out",
-             str(tmp_path / f"worker{index}"), "--strategy", "multiworker"],
+             str(out), "--strategy", "multiworker"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for worker in workers:
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 0, err[-3000:]
-    first = load_model(tmp_path / "worker0" / "checkpoint-0002.keras").get_weights()
-    second = load_model(tmp_path / "worker1" / "checkpoint-0002.keras").get_weights()
-    initial = TrainConfig.load(tmp_path / "worker0" / "config.json")
-    assert initial.strategy == "multiworker"
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
+    outputs = []
+    try:
+        for worker in workers:
+            stdout, stderr = worker.communicate(timeout=240)
+            assert worker.returncode == 0, stderr[-3000:]
+            outputs.append(stdout)
+    finally:
+        for worker in workers:
+            worker.kill()
+    state = json.loads((out / "state.json").read_text())
+    assert state["ended"] == "time limit" and 1 <= state["epoch"] < 50
+    ends = [line for text in outputs for line in text.splitlines() if " after " in line
+            and "best validation Dice" in line]
+    assert len(ends) == 2 and ends[0] == ends[1], outputs  # the same epoch on both workers
+    assert TrainConfig.load(out / "config.json").strategy == "multiworker"
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "state.json", "model.keras", "history.csv", "cache", "logs",
+            f"checkpoint-{state['epoch']:04d}.keras"} <= names
+    assert not [n for n in names if ".tmp" in n or "worker" in n]
+    assert "threshold" in state
 
 
 # ----------------------------------------------------------------------------- predict and evaluate
@@ -290,6 +388,8 @@ def test_resume_with_epochs_extends_the_run(trained_run, tmp_path):
     run = copy_run(trained_run[0], tmp_path)
     result = tumorseg("train", "--out", run, "--resume", "--epochs", 4)
     assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "learning rate" in line]
+    assert len(lines) == 1 and "spans 4 epochs (was 3)" in lines[0], result.stdout
     state = json.loads((run / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
     assert state["ended"] == "finished" and "threshold" in state
@@ -430,3 +530,113 @@ def test_sigkill_while_a_prediction_is_written_leaves_no_partial_file(trained_ru
         assert nib.load(target).shape == shape
         np.asarray(nib.load(target).dataobj)  # decompresses to the end
     assert written == [f".big.nii.gz.{process.pid}.tmp.nii.gz"], written  # killed mid-write
+
+
+# ----------------------------------------------------------------------------- bad settings
+
+
+def bad_config(tmp_path, change):
+    """tiny.json with ``change`` applied to its mapping."""
+    path = tiny_config(tmp_path / "data", tmp_path)
+    values = json.loads(path.read_text())
+    change(values)
+    path.write_text(json.dumps(values))
+    return path
+
+
+BAD_FILES = {
+    "epochs 0": (lambda v: v.update(epochs=0), "epochs: must be at least 1"),
+    "batch_size 0": (lambda v: v.update(batch_size=0), "batch_size: must be at least 1"),
+    "unpoolable patch": (lambda v: v["model"].update(patch_shape=[16, 16, 6]),
+                         "model.patch_shape: [16, 16, 6] cannot be pooled 2 times"),
+    "unknown key": (lambda v: v.update(epoch=3), "epoch: unknown setting"),
+    "unknown model key": (lambda v: v["model"].update(filters=3), "model.filters: unknown"),
+    "wrong type": (lambda v: v.update(steps_per_epoch="ten"), "steps_per_epoch: must be an "
+                                                             "integer, got 'ten'"),
+    "bool for int": (lambda v: v.update(batch_size=True), "batch_size: must be an integer"),
+    "negative seed": (lambda v: v.update(seed=-1), "seed: must be at least 0"),
+    "missing key": (lambda v: v.pop("learning_rate"), "learning_rate: missing"),
+    "bad strategy": (lambda v: v.update(strategy="ring"), "strategy: must be one of"),
+    "not a mapping": (lambda v: v["augmentation"].clear() or v.update(augmentation=[1]),
+                      "augmentation: must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_a_bad_config_file_exits_2_naming_file_and_key(tmp_path, name):
+    change, words = BAD_FILES[name]
+    path = bad_config(tmp_path, change)
+    result = tumorseg("train", "--config", path, "--out", tmp_path / "run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert str(path) in lines[0] and words in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, option", [(("--seed", "-1"), "--seed"),
+                                          (("--epochs", "0"), "--epochs"),
+                                          (("--batch-size", "0"), "--batch-size")])
+def test_a_bad_option_exits_2_naming_it(tmp_path, args, option):
+    result = tumorseg("train", "--data", tmp_path, "--out", tmp_path / "run", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and option in lines[0], result.stderr
+
+
+def test_the_python_interface_validates_too(tmp_path):
+    from tumorseg.errors import InputError
+    from tumorseg.train import train
+
+    config = TrainConfig.from_preset(tmp_path, "cpu", epochs=0)
+    with pytest.raises(InputError, match="^--epochs: must be at least 1"):
+        train(config, tmp_path / "run", verbose=0)
+    config = TrainConfig.from_preset(tmp_path, "cpu", learning_rate=-1.0)
+    with pytest.raises(InputError, match="config key learning_rate: must be above 0"):
+        config.validate()
+
+
+# ----------------------------------------------------------------------------- devices, calibration
+
+
+def test_a_missing_gpu_is_said_when_one_was_expected(monkeypatch):
+    import tensorflow as tf
+
+    from tumorseg.train import describe_devices
+
+    cpu = tf.config.PhysicalDevice("/physical_device:CPU:0", "CPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda *args: [cpu])
+    log = "I cudart_stub.cc:31] noise\nW dso_loader.cc] Could not load library libcudnn.so.9\n"
+    assert describe_devices("default", "cpu", log) == "TensorFlow devices: CPU:0"
+    for strategy, preset, words in (("mirrored", "cpu", "the mirrored strategy"),
+                                    ("default", "seed", "the seed preset")):
+        lines = describe_devices(strategy, preset, log).splitlines()
+        assert len(lines) == 2 and lines[0] == "TensorFlow devices: CPU:0"
+        assert "no GPU loaded" in lines[1] and words in lines[1] and "libcudnn.so.9" in lines[1]
+
+
+def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_path,
+                                                             monkeypatch):
+    import tumorseg.metrics
+    import tumorseg.model
+    from tumorseg.data import find_cases
+    from tumorseg.inference import Predictor, calibrate_threshold
+
+    run = copy_run(trained_run[0], tmp_path)
+    builds, flips = [], []
+    build_model = tumorseg.model.build_model
+    monkeypatch.setattr(tumorseg.model, "build_model",
+                        lambda *args, **kwargs: builds.append(1) or build_model(*args, **kwargs))
+    predict = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, image, **options: flips.append(
+        options.get("tta")) or predict(self, image, **options))
+
+    def no_hd95(*args, **kwargs):
+        raise AssertionError("calibration computed HD95")
+
+    monkeypatch.setattr(tumorseg.metrics, "hausdorff95", no_hd95)
+    cases = find_cases(trained_run[1])
+    for tta in (False, True):
+        builds.clear(), flips.clear()
+        threshold = calibrate_threshold(run, cases, tta=tta)
+        state = json.loads((run / "state.json").read_text())
+        assert state["threshold"] == threshold and state["threshold_tta"] is tta
+        assert len(builds) == 1 and flips == [tta] * len(cases), (builds, flips)

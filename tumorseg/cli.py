@@ -13,22 +13,27 @@ from .errors import InputError
 from .presets import DEFAULT_PRESET, PRECISIONS, SEED_PATCH_SHAPE
 
 
-def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up messages silenced: they are written straight to
-    file descriptor 2 and would bury the one-line error a bad input deserves."""
+def quiet_tensorflow() -> str:
+    """Import TensorFlow with its C++ start-up messages kept off the terminal: they are written
+    straight to file descriptor 2 and would bury the one-line error a bad input deserves.
+    Returns them (CUDA or cuDNN load errors among them, where a GPU did not load)."""
     import os
+    import tempfile
 
     sys.stderr.flush()
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        import tensorflow as tf
+    with tempfile.TemporaryFile(mode="w+") as log:
+        try:
+            os.dup2(log.fileno(), 2)
+            import tensorflow as tf
 
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        return log.read()
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -53,7 +58,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_patches(args: argparse.Namespace) -> None:
-    from .patches import export_patches
+    from .seed_layout import export_patches
 
     config = export_patches(args.data, args.out, patches_per_case=args.per_case,
                             valid_fraction=args.valid_fraction, patch_shape=tuple(args.patch),
@@ -62,48 +67,64 @@ def cmd_patches(args: argparse.Namespace) -> None:
           f"to {args.out} (config.json lists them)")
 
 
-RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # config.json holds
+RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # the run fixes
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    quiet_tensorflow()
     from pathlib import Path
 
-    from .train import TrainConfig, make_strategy, resume, train
+    from .run import CONFIG_FILE, MODEL_FILE, is_run, read_config
 
     out = Path(args.out)
     for name in RESUME_FIXED if args.resume else ():
         if getattr(args, name) is not None:
             option = "--" + name.replace("_", "-")
-            raise InputError(option, f"cannot change when resuming: {out / 'config.json'} "
+            raise InputError(option, f"cannot change when resuming: {out / CONFIG_FILE} "
                                      "fixes it (start a new run to change it)")
-    strategy = make_strategy(args.strategy) if args.strategy else None
     if args.resume:
+        if not is_run(out):
+            raise InputError(out, f"no run to resume here ({CONFIG_FILE} missing)")
+        config = read_config(out)
+    else:
+        config = new_train_config(args)
+    startup_log = quiet_tensorflow()  # after the settings are checked: bad ones fail fast
+    from .train import describe_devices, make_strategy, resume, train
+
+    print(describe_devices(args.strategy or config.strategy, config.preset, startup_log))
+    if args.resume:
+        strategy = make_strategy(args.strategy) if args.strategy else None
         state = resume(out, epochs=args.epochs, time_limit_minutes=args.time_limit,
                        data=args.data, strategy=strategy)
     else:
-        settings = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
-                    "batch_size": args.batch_size, "seed": args.seed,
-                    "time_limit_minutes": args.time_limit}
-        if args.config:
-            if args.preset:
-                raise InputError("--preset", f"{args.config} holds the run's settings: give "
-                                             "--preset or --config, not both")
-            config = TrainConfig.load(args.config)
-            config.data = args.data or config.data
-            for key, value in settings.items():
-                if value is not None:
-                    setattr(config, key, value)
-        elif not args.data:
-            raise InputError("--data", "a data folder is needed for a new run")
-        else:
-            config = TrainConfig.from_preset(args.data, args.preset or DEFAULT_PRESET, **settings)
-        if args.strategy:
-            config.strategy = args.strategy
-        state = train(config, out, strategy=strategy)
+        state = train(config, out, strategy=make_strategy(config.strategy))
     print(f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
           f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
-          f"model: {out / 'model.keras'}")
+          f"model: {out / MODEL_FILE}")
+
+
+def new_train_config(args: argparse.Namespace):
+    """The validated :class:`~tumorseg.run.TrainConfig` of a new run: a preset or a --config
+    file, with the options given beside it."""
+    from .run import TrainConfig
+
+    settings = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+                "batch_size": args.batch_size, "seed": args.seed,
+                "time_limit_minutes": args.time_limit, "strategy": args.strategy}
+    if args.config:
+        if args.preset:
+            raise InputError("--preset", f"{args.config} holds the run's settings: give "
+                                         "--preset or --config, not both")
+        config = TrainConfig.load(args.config)
+        config.data = args.data or config.data
+        for key, value in settings.items():
+            if value is not None:
+                setattr(config, key, value)
+    elif not args.data:
+        raise InputError("--data", "a data folder is needed for a new run")
+    else:
+        config = TrainConfig.from_preset(args.data, args.preset or DEFAULT_PRESET, **settings)
+    config.validate()
+    return config
 
 
 def prediction_targets(cases, out) -> tuple[list, "Path"]:
@@ -144,7 +165,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from . import __version__
-    from .data import atomic_path, check_spacing, find_cases, load_scan, save_label_map, scan_grid
+    from .atomic import atomic_path
+    from .data import check_spacing, find_cases, load_scan, save_label_map, scan_grid
     from .inference import Predictor
 
     cases = find_cases(args.input)
@@ -185,7 +207,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .data import atomic_path, find_cases, load_label_map, load_scan
+    from .atomic import atomic_path
+    from .data import find_cases, load_label_map, load_scan
     from .metrics import case_metrics, metrics_table
 
     if args.agreement:  # refused before the long part if the folder is wrong
@@ -263,6 +286,7 @@ def number(kind, low=None, high=None, high_open=False, low_open=False):
 POSITIVE = number(int, 1)
 SEED = number(int, 0)  # numpy's generators take seeds >= 0
 SHARE = number(float, 0, 1, high_open=True)  # 0 <= x < 1
+SHARE_OPEN = number(float, 0, 1, low_open=True, high_open=True)  # 0 < x < 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,33 +308,37 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("data", metavar="DATA_DIR", help="MSD Task01 or BraTS folder")
     info.set_defaults(func=cmd_info)
 
-    cut = commands.add_parser("patches", help="export fixed patches to the seed's processed/ layout")
-    cut.add_argument("--data", required=True, help="MSD Task01 or BraTS folder")
-    cut.add_argument("--out", required=True, help="output folder (train/, valid/, config.json)")
-    cut.add_argument("--per-case", type=POSITIVE, default=4, help="patches per case (default 4)")
-    cut.add_argument("--valid-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
-                     default=0.2, help="share of cases (0.2)")
-    cut.add_argument("--patch", type=POSITIVE, nargs=3, default=SEED_PATCH_SHAPE,
-                     metavar=("X", "Y", "Z"))
-    cut.add_argument("--seed", type=int, default=0)
-    cut.set_defaults(func=cmd_patches)
+    patches = commands.add_parser("patches",
+                                  help="export fixed patches to the seed's processed/ layout")
+    patches.add_argument("--data", required=True, help="MSD Task01 or BraTS folder")
+    patches.add_argument("--out", required=True,
+                         help="output folder (train/, valid/, config.json)")
+    patches.add_argument("--per-case", type=POSITIVE, default=4,
+                         help="patches per case (default 4)")
+    patches.add_argument("--valid-fraction", type=SHARE_OPEN, default=0.2,
+                         help="share of cases (0.2)")
+    patches.add_argument("--patch", type=POSITIVE, nargs=3, default=SEED_PATCH_SHAPE,
+                         metavar=("X", "Y", "Z"))
+    patches.add_argument("--seed", type=int, default=0)
+    patches.set_defaults(func=cmd_patches)
 
-    fit = commands.add_parser("train", help="train a U-Net (a run folder with config, model, logs)")
-    fit.add_argument("--data", help="MSD Task01 or BraTS folder with labels")
-    fit.add_argument("--out", required=True, help="run folder")
-    fit.add_argument("--preset", choices=list(TRAINING_PRESETS),
-                     help=f"network and training settings (default {DEFAULT_PRESET})")
-    fit.add_argument("--config", help="a run's config.json: re-create that run")
-    fit.add_argument("--epochs", type=POSITIVE, help="with --resume: extend the run to this many")
-    fit.add_argument("--steps-per-epoch", type=POSITIVE)
-    fit.add_argument("--batch-size", type=POSITIVE, help="patches per replica per step")
-    fit.add_argument("--resume", action="store_true",
-                     help="complete the run in --out (a finished run stays as it is)")
-    fit.add_argument("--strategy", choices=STRATEGIES)
-    fit.add_argument("--seed", type=int)
-    fit.add_argument("--time-limit", type=number(float, 0, low_open=True), metavar="MINUTES",
-                     help="start no epoch that would end past this many minutes of training")
-    fit.set_defaults(func=cmd_train)
+    train = commands.add_parser("train",
+                                help="train a U-Net (a run folder with config, model, logs)")
+    train.add_argument("--data", help="MSD Task01 or BraTS folder with labels")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--preset", choices=list(TRAINING_PRESETS),
+                       help=f"network and training settings (default {DEFAULT_PRESET})")
+    train.add_argument("--config", help="a run's config.json: re-create that run")
+    train.add_argument("--epochs", type=POSITIVE, help="with --resume: extend the run to this many")
+    train.add_argument("--steps-per-epoch", type=POSITIVE)
+    train.add_argument("--batch-size", type=POSITIVE, help="patches per replica per step")
+    train.add_argument("--resume", action="store_true",
+                       help="complete the run in --out (a finished run stays as it is)")
+    train.add_argument("--strategy", choices=STRATEGIES)
+    train.add_argument("--seed", type=number(int, 0), help="run seed (at least 0)")
+    train.add_argument("--time-limit", type=number(float, 0, low_open=True), metavar="MINUTES",
+                       help="start no epoch that would end past this many minutes of training")
+    train.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="segment whole scans (NIfTI uint8 out)")
     predict.add_argument("--model", required=True, help="run folder or .keras file")

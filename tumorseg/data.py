@@ -27,16 +27,15 @@ Every problem with an input raises :class:`~tumorseg.errors.InputError` naming t
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from .atomic import atomic_path
 from .errors import InputError
 
 CHANNELS = ("FLAIR", "T1", "T1gd", "T2")
@@ -447,25 +446,6 @@ def voxel_spacing(case: Case) -> tuple[float, float, float]:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
-
-    The temporary name keeps the full suffix (``.nii.gz``, ``.npy``...) so writers that choose a
-    format by extension still work. A killed process leaves only a hidden ``.*.tmp*`` file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_nifti(array: np.ndarray, path: str | os.PathLike,

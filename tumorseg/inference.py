@@ -25,7 +25,8 @@ import numpy as np
 
 from .data import clip_intensities
 from .patches import brain_box, standardize
-from .presets import DEFAULT_THRESHOLD, PRECISIONS, SEED_PATCH_SHAPE, ModelConfig
+from .presets import DEFAULT_THRESHOLD, KERAS_POLICIES, PRECISIONS, SEED_PATCH_SHAPE, ModelConfig
+from .run import CONFIG_FILE, MODEL_FILE, is_run, read_config, read_state, write_state
 
 STRETCH = 1.25  # a window may grow this much to cover an axis in one piece (free-size models)
 
@@ -131,7 +132,10 @@ def config_from_model(model) -> ModelConfig | None:
     norm = ("batch" if any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
             else "instance" if any(isinstance(l, keras.layers.GroupNormalization)
                                    for l in model.layers) else None)
-    compute = model.get_layer("down0a_conv").dtype_policy.name
+    policy = model.get_layer("down0a_conv").dtype_policy.name
+    precision = {keras_policy: name for name, keras_policy in KERAS_POLICIES.items()}.get(policy)
+    if precision is None:
+        return None
     return ModelConfig(
         patch_shape=tuple(model.input_shape[1:4]),
         n_channels=model.input_shape[-1],
@@ -140,7 +144,7 @@ def config_from_model(model) -> ModelConfig | None:
         n_base_filters=model.get_layer("down0a_conv").filters,
         normalization=norm,
         deconvolution=any(name.startswith("upconv") for name in names),
-        precision="float32" if compute == "float32" else compute,
+        precision=precision,
     )
 
 
@@ -164,8 +168,7 @@ def inference_model(model, precision: str = "float32", patch_shape=None,
         return model, tuple(model.input_shape[1:4])
     if patch_shape is None:
         patch_shape = config.patch_shape if None not in config.patch_shape else SEED_PATCH_SHAPE
-    policy = "mixed_bfloat16" if precision == "bf16" else "float32"
-    twin = build_model(replace(config, precision=policy), fixed_size=False)
+    twin = build_model(replace(config, precision=precision), fixed_size=False)
     twin.set_weights(model.get_weights())
     return twin, tuple(patch_shape)
 
@@ -288,14 +291,13 @@ class Predictor:
         0.5. Reads ``config.json`` (architecture, patch shape) and ``state.json`` (calibrated
         threshold); loads the model in safe mode."""
         from .model import load_model
-        from .train import TrainConfig, read_state
 
         path = Path(path)
-        model_file = path / "model.keras" if path.is_dir() else path
+        model_file = path / MODEL_FILE if path.is_dir() else path
         model = load_model(model_file)
         run = model_file.parent
-        if (run / "config.json").exists():
-            config = TrainConfig.load(run / "config.json").model
+        if is_run(run):
+            config = read_config(run).model
             threshold = (read_state(run) or {}).get("threshold")
             note = None if threshold is not None else (
                 f"{run}: the run's threshold is not calibrated yet (tumorseg train --out {run} "
@@ -308,7 +310,7 @@ class Predictor:
         patch = tuple(model.input_shape[1:4])
         if None in patch:
             patch = SEED_PATCH_SHAPE
-        note = (f"{model_file}: no run folder (config.json) beside it; using windows of "
+        note = (f"{model_file}: no run folder ({CONFIG_FILE}) beside it; using windows of "
                 f"{'x'.join(map(str, patch))} and threshold {DEFAULT_THRESHOLD}")
         return cls(model, model_file, config, patch, DEFAULT_THRESHOLD, "default", note)
 
@@ -341,3 +343,50 @@ class Predictor:
             for block in iter(lambda: file.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- calibration
+
+THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+TOLERANCE = 0.005
+CALIBRATED_REGIONS = ("WT", "TC", "ET")
+
+
+def region_dice(pred_map: np.ndarray, true_map: np.ndarray) -> float:
+    """Mean Dice of the BraTS regions WT, TC and ET of two ``(x, y, z)`` label maps (two empty
+    masks agree: Dice 1)."""
+    from .metrics import REGIONS
+
+    scores = []
+    for region in CALIBRATED_REGIONS:
+        values = REGIONS[region]
+        p, t = np.isin(pred_map, values), np.isin(true_map, values)
+        total = np.count_nonzero(p) + np.count_nonzero(t)
+        scores.append(1.0 if total == 0 else 2 * np.count_nonzero(p & t) / total)
+    return float(np.mean(scores))
+
+
+def calibrate_threshold(run: str | os.PathLike, valid_cases: list, tta: bool = True) -> float:
+    """Choose the probability threshold of the label map that gives the best mean Dice of
+    WT, TC and ET on the run's whole validation scans; record it in state.json, with the
+    test-time flip setting ``tta`` it was chosen under (predict with the same).
+
+    Soft-Dice-trained networks give probabilities that are not calibrated, so 0.5 is not
+    always best; the choice uses validation cases only, never the cases evaluated later. One
+    :class:`Predictor` predicts every case.
+    """
+    from .data import load_case
+
+    predictor = Predictor.from_run(run)
+    scores = {threshold: [] for threshold in THRESHOLDS}
+    for case in valid_cases:
+        image, label = load_case(case)
+        probabilities = predictor.predict(image, tta=tta)
+        for threshold in THRESHOLDS:
+            scores[threshold].append(region_dice(to_label_map(probabilities, threshold), label))
+    means = {t: float(np.mean(v)) for t, v in scores.items()}
+    # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
+    best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
+    write_state(run, read_state(run) | {"threshold": best, "threshold_tta": tta,
+                                        "threshold_scores": {str(t): m for t, m in means.items()}})
+    return best

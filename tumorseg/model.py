@@ -18,7 +18,7 @@ import keras
 from keras import layers
 
 from .errors import InputError
-from .presets import PRESETS, SEED_PATCH_SHAPE, ModelConfig  # noqa: F401 (re-exported)
+from .presets import KERAS_POLICIES, PRESETS, SEED_PATCH_SHAPE, ModelConfig  # noqa: F401
 
 
 def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_base_filters=32,
@@ -34,7 +34,7 @@ def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_bas
         n_base_filters: filters of the first convolution; doubles per level.
         deconvolution: transposed convolution instead of up-sampling in the expanding path.
         normalization: None, "batch" or "instance", after each convolution, before the ReLU.
-        dtype_policy: e.g. "mixed_bfloat16"; the sigmoid output stays float32.
+        dtype_policy: a Keras policy, e.g. "mixed_bfloat16"; the sigmoid output stays float32.
 
     Returns:
         An uncompiled Keras model mapping ``(B, x, y, z, channels)`` to ``(B, x, y, z, n_labels)``.
@@ -86,7 +86,7 @@ def build_model(config: ModelConfig | str = "cpu", fixed_size: bool = True) -> k
     spatial input size free (for whole-scan inference)."""
     config = PRESETS[config] if isinstance(config, str) else config
     spatial = config.patch_shape if fixed_size else (None, None, None)
-    policy = None if config.precision == "float32" else config.precision
+    policy = None if config.precision == "float32" else KERAS_POLICIES[config.precision]
     return unet_model_3d(input_shape=(*spatial, config.n_channels), n_labels=config.n_labels,
                          depth=config.depth, n_base_filters=config.n_base_filters,
                          deconvolution=config.deconvolution, normalization=config.normalization,

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass
 SEED_PATCH_SHAPE = (160, 160, 16)  # the seed's training patch (x, y, z)
 DEFAULT_PRESET = "cpu"
 STRATEGIES = ("default", "mirrored", "multiworker")
-PRECISIONS = ("float32", "bf16")  # of prediction; bf16 runs a U-Net under mixed_bfloat16
+# Precisions by their one name; the Keras dtype policy each runs under.
+KERAS_POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
+PRECISIONS = tuple(KERAS_POLICIES)
 DEFAULT_THRESHOLD = 0.5  # of a label map, where a run has none calibrated
 
 
@@ -26,7 +28,7 @@ class ModelConfig:
     n_base_filters: int = 32
     normalization: str | None = None  # None, "batch" or "instance"
     deconvolution: bool = False
-    precision: str = "float32"  # or "mixed_bfloat16"
+    precision: str = "float32"  # or "bf16" (PRECISIONS)
 
     def to_dict(self) -> dict:
         return asdict(self)

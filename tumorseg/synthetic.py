@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .data import CHANNELS, LABELS, atomic_path, save_nifti
+from .atomic import atomic_path
+from .data import CHANNELS, LABELS, save_nifti
 from .errors import InputError
 
 SHAPE = (240, 240, 155)

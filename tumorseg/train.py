@@ -1,17 +1,11 @@
-"""Training runs: presets, the input pipeline, one training step for every tf.distribute strategy,
-Keras callbacks, atomic checkpoints and resume.
-
-A run folder holds:
-
-* ``config.json`` — every setting, and the case split (the file re-creates the run);
-* ``checkpoint-<epoch>.keras`` and ``state.json`` — the last complete epoch (``state.json`` is
-  renamed into place after its checkpoint is complete, so a kill never leaves a half state);
-* ``model.keras`` — the best model by validation Dice;
-* ``history.csv``, ``curves.png``, ``logs/`` (TensorBoard) and ``cache/`` (cropped cases, .npy).
+"""Training runs: the input pipeline, one training step for every tf.distribute strategy, early
+stopping and the time limit (decided by the chief, told to every worker), atomic checkpoints and
+resume. The run folder's format is :mod:`tumorseg.run`.
 
 Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so the
-loop is ours: ``strategy.run`` of a step that applies the optimizer under a GradientTape, the
-loss divided by the number of replicas. The same step serves every strategy.
+loop is ours: ``strategy.run`` of :func:`gradient_step`, which applies the optimizer under a
+GradientTape to the loss divided by the number of replicas. The same step serves every strategy
+and the course's :func:`train_step`.
 """
 
 from __future__ import annotations
@@ -19,93 +13,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .data import atomic_path, find_cases
+from .atomic import atomic_path
+from .data import find_cases
 from .errors import InputError
+from .inference import calibrate_threshold
 from .model import load_model
-from .patches import (NO_AUGMENTATION, TUMOUR_SHARE, Augmentation, PatchSampler, cache_case,
-                      training_dataset)
-from .presets import DEFAULT_PRESET, PRESETS, STRATEGIES, TRAINING_PRESETS, ModelConfig
-
-# Why a run ended, as state.json records it (None while it is still to be continued).
-FINISHED, EARLY_STOP, TIME_LIMIT = "finished", "early stop", "time limit"
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; ``config.json`` holds exactly this (plus the split).
-
-    Make one with :meth:`from_preset`: the network and the training settings come from a preset
-    (:mod:`tumorseg.presets`), the rest from the defaults below.
-    """
-
-    data: str
-    preset: str
-    model: ModelConfig
-    epochs: int
-    steps_per_epoch: int
-    batch_size: int  # per replica
-    learning_rate: float
-    final_learning_rate_fraction: float = 0.05  # cosine schedule down to this share
-    valid_fraction: float = 0.2
-    validation_patches: int = 16
-    tumour_share: float = TUMOUR_SHARE
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    early_stopping_patience: int = 8
-    time_limit_minutes: float | None = None  # no epoch starts that would end past this
-    strategy: str = "default"
-    seed: int = 0
-    train_cases: list[str] = field(default_factory=list)
-    valid_cases: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_preset(cls, data: str, preset: str = DEFAULT_PRESET, **overrides) -> "TrainConfig":
-        """The run of ``preset`` on ``data``; ``overrides`` that are not None replace settings."""
-        if preset not in TRAINING_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {list(TRAINING_PRESETS)}")
-        settings = TRAINING_PRESETS[preset] | {k: v for k, v in overrides.items() if v is not None}
-        return cls(data=str(data), preset=preset, model=PRESETS[preset], **settings)
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        values["model"] = self.model.to_dict()
-        values["augmentation"] = self.augmentation.to_dict()
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        values = dict(values)
-        values["model"] = ModelConfig.from_dict(values["model"])
-        values["augmentation"] = Augmentation(**values["augmentation"])
-        return cls(**values)
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise InputError(path, "no such file") from None
-        except (ValueError, KeyError, TypeError) as error:
-            raise InputError(path, f"not a tumorseg run configuration ({error})") from None
-
-
-def split_cases(case_ids: list[str], valid_fraction: float, seed: int) -> tuple[list, list]:
-    """Whole cases into training and validation lists (at least one of each when possible)."""
-    order = np.random.default_rng(seed).permutation(len(case_ids))
-    n_valid = min(max(1, round(len(case_ids) * valid_fraction)), len(case_ids) - 1)
-    valid = sorted(case_ids[i] for i in order[:n_valid])
-    return sorted(set(case_ids) - set(valid)), valid
-
+from .patches import NO_AUGMENTATION, PatchSampler, cache_case, training_dataset
+from .presets import STRATEGIES
+from .run import (CACHE_DIR, CONFIG_FILE, CURVES_FILE, EARLY_STOP, FINISHED, HISTORY_FILE,
+                  LOGS_DIR, MODEL_FILE, OUT_OF_TIME, TrainConfig, checkpoint_name, is_run,
+                  read_config, read_state, split_cases, write_state)
 
 def make_strategy(name: str):
     """The tf.distribute strategy called ``name`` (multiworker reads TF_CONFIG)."""
@@ -119,6 +43,26 @@ def make_strategy(name: str):
         check_tf_config(os.environ.get("TF_CONFIG"))
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
+
+
+def describe_devices(strategy: str, preset: str, startup_log: str = "") -> str:
+    """One line naming the devices TensorFlow found; when a GPU was expected (the ``seed``
+    preset, or ``mirrored`` strategy) but none loaded, a second line says so, with TensorFlow's
+    start-up message about CUDA or cuDNN if it printed one."""
+    import tensorflow as tf
+
+    devices = tf.config.list_physical_devices()
+    line = "TensorFlow devices: " + ", ".join(
+        f"{d.device_type}:{d.name.rpartition(':')[2]}" for d in devices)
+    expected = preset == "seed" or strategy == "mirrored"
+    if expected and not any(d.device_type == "GPU" for d in devices):
+        why = [text.strip() for text in startup_log.splitlines()
+               if any(word in text.lower() for word in ("cuda", "cudnn", "gpu", "dlopen"))]
+        reason = "the seed preset" if preset == "seed" else f"the {strategy} strategy"
+        line += (f"\nwarning: no GPU loaded although {reason} expects one; training runs on "
+                 f"the CPU"
+                 + (f" (TensorFlow said: {why[-1][:200]})" if why else ""))
+    return line
 
 
 def check_tf_config(text: str | None) -> None:
@@ -140,86 +84,104 @@ def check_tf_config(text: str | None) -> None:
                                       f'{len(workers) - 1}}}')
 
 
-# ----------------------------------------------------------------------------- run folder state
+class EarlyStopping:
+    """Stop when validation Dice has not improved for ``patience`` epochs. Its state (best value,
+    epochs without improvement) is part of state.json, so a resumed run stops where an
+    uninterrupted one would."""
+
+    def __init__(self, patience: int, best: float = -math.inf, waited: int = 0):
+        self.patience, self.best, self.waited = patience, best, waited
+
+    @classmethod
+    def restore(cls, patience: int, state: dict | None) -> "EarlyStopping":
+        state = state or {}
+        return cls(patience, state.get("best_val_dice", -math.inf),
+                   state.get("epochs_without_improvement", 0))
+
+    def update(self, value: float) -> bool:
+        """Record an epoch's validation Dice; whether it is the best so far."""
+        improved = value > self.best
+        self.best, self.waited = (value, 0) if improved else (self.best, self.waited + 1)
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.waited >= self.patience
+
+    def state(self) -> dict:
+        return {"best_val_dice": self.best, "epochs_without_improvement": self.waited}
 
 
-def read_state(out: Path) -> dict | None:
-    """The run's state (last complete epoch, why it ended, threshold), or None before the first
-    epoch ends."""
-    path = Path(out) / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
+class TrainingClock:
+    """Seconds of training, counted across resumes (``state.json``'s ``training_seconds``)."""
+
+    def __init__(self, seconds_before: float = 0.0):
+        self.started = time.monotonic() - seconds_before
+        self.epoch_started = time.monotonic()
+
+    def start_epoch(self) -> None:
+        self.epoch_started = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def next_epoch_overruns(self, limit_minutes: float | None) -> bool:
+        """Whether another epoch as long as the last would end past ``limit_minutes``."""
+        if not limit_minutes:
+            return False
+        return self.seconds() + (time.monotonic() - self.epoch_started) > limit_minutes * 60
 
 
-def write_state(out: Path, state: dict) -> None:
-    """state.json, atomically: the run's commit point."""
-    with atomic_path(Path(out) / "state.json") as tmp:
-        tmp.write_text(json.dumps(state, indent=2))
+def stop_reason(config: TrainConfig, epochs_done: int, early: EarlyStopping,
+                clock: TrainingClock) -> str | None:
+    """Why the run ends after ``epochs_done`` epochs (the chief's decision), or None."""
+    if epochs_done >= config.epochs:
+        return FINISHED
+    if early.should_stop:
+        return EARLY_STOP
+    if clock.next_epoch_overruns(config.time_limit_minutes):
+        return OUT_OF_TIME
+    return None
 
 
-def _callbacks_cls():
-    import keras
-
-    class RunRecorder(keras.callbacks.Callback):
-        """After every epoch: the checkpoint, then state.json (the commit point, with why the run
-        ended if it did), the best model, history.csv and the curves, all written atomically.
-        It stops training at the run's time limit."""
-
-        def __init__(self, out: Path, config: TrainConfig, state: dict | None):
-            super().__init__()
-            self.out, self.config = out, config
-            self.state = dict(state or {"history": [], "best_val_dice": -math.inf,
-                                        "training_seconds": 0.0})
-            self.history = list(self.state["history"])
-            self.started = time.monotonic() - self.state["training_seconds"]
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch_started = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            row = {"epoch": epoch + 1} | {k: float(v) for k, v in (logs or {}).items()}
-            self.history.append(row)
-            checkpoint = f"checkpoint-{epoch + 1:04d}.keras"
-            with atomic_path(self.out / checkpoint) as tmp:
-                self.model.save(tmp)
-            best = max(self.state["best_val_dice"], row["val_dice"])
-            if row["val_dice"] > self.state["best_val_dice"]:
-                with atomic_path(self.out / "model.keras") as tmp:
-                    self.model.save(tmp)
-            previous = self.state.get("checkpoint")
-            self.state |= {"epoch": epoch + 1, "checkpoint": checkpoint, "best_val_dice": best,
-                           "training_seconds": time.monotonic() - self.started,
-                           "history": self.history, "ended": self.ended(epoch + 1)}
-            write_state(self.out, self.state)
-            if previous and previous != checkpoint:
-                (self.out / previous).unlink(missing_ok=True)
-            write_history(self.out, self.history)
-
-        def ended(self, epochs_done: int) -> str | None:
-            """Why the run ends after this epoch (EarlyStopping runs before this callback)."""
-            if epochs_done >= self.config.epochs:
-                return FINISHED
-            if self.model.stop_training:
-                return EARLY_STOP
-            if out_of_time(self.config, self.started, self.epoch_started):
-                self.model.stop_training = True
-                return TIME_LIMIT
-            return None
-
-    return RunRecorder
+REASONS = (None, FINISHED, EARLY_STOP, OUT_OF_TIME)
 
 
-def write_history(out: Path, history: list[dict]) -> None:
-    """history.csv and curves.png of a run, atomically."""
-    import pandas as pd
+def make_broadcast(strategy):
+    """``broadcast(reason) -> reason``: the chief's (replica 0's) reason on every worker, through
+    the strategy's collective (a sum to which every other replica adds 0), so all workers stop
+    after the same epoch whatever their own clocks say."""
+    import tensorflow as tf
 
-    from .figures import plot_history
+    def replica_value(code):
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        return tf.where(first, code, tf.zeros_like(code))
 
-    table = pd.DataFrame(history)
-    with atomic_path(out / "history.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    figure = plot_history(table)
-    with atomic_path(out / "curves.png") as tmp:
-        figure.savefig(tmp, dpi=80, format="png")
+    @tf.function
+    def collective(code):
+        values = strategy.run(replica_value, args=(code,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
+
+    def broadcast(reason: str | None) -> str | None:
+        return REASONS[int(collective(tf.constant(REASONS.index(reason), tf.int32)))]
+
+    return broadcast
+
+
+def record_epoch(folder: Path, model, state: dict, improved: bool) -> None:
+    """Write one epoch into the run folder, each file atomically: its checkpoint, the best model
+    (when ``improved``), then state.json (the commit point), then the history files; the
+    previous checkpoint goes once the new state stands."""
+    previous = read_state(folder)
+    with atomic_path(folder / state["checkpoint"]) as tmp:
+        model.save(tmp)
+    if improved:
+        with atomic_path(folder / MODEL_FILE) as tmp:
+            model.save(tmp)
+    write_state(folder, state)
+    if previous and previous.get("checkpoint") not in (None, state["checkpoint"]):
+        (folder / previous["checkpoint"]).unlink(missing_ok=True)
+    write_history(folder, state["history"])
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -247,31 +209,41 @@ def train_step(model, optimizer, x, y):
         A scalar tensor: the soft Dice loss of the batch (pooled over batch and space, per
         class), computed in training mode before the gradients are applied.
     """
+    return gradient_step(model, optimizer, x, y)[0]
+
+
+def gradient_step(model, optimizer, x, y, replicas: int = 1):
+    """The training step of every loop: the soft Dice loss of the batch in training mode, its
+    gradients, divided by ``replicas`` (tf.distribute sums the replicas' gradients, so their
+    mean is applied), applied by ``optimizer``.
+
+    Returns ``(loss, probabilities)``: the batch's loss before the update (undivided), and the
+    ``(B, x, y, z, 3)`` probabilities it was computed from.
+    """
     import tensorflow as tf
 
-    from .metrics import BATCH_AXIS, soft_dice_loss
+    from .metrics import batch_dice_loss
 
     with tf.GradientTape() as tape:
-        loss = soft_dice_loss(y, model(x, training=True), axis=BATCH_AXIS)
-    gradients = tape.gradient(loss, model.trainable_variables)
+        probabilities = model(x, training=True)
+        loss = batch_dice_loss(y, probabilities)
+        share = loss / replicas
+    gradients = tape.gradient(share, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-    return loss
+    return loss, probabilities
 
 
 def make_train_step(model, strategy):
-    """``step(batch) -> (loss, dice)``: :func:`train_step`'s optimizer step on one global
-    (distributed) batch ``(x, y)``, the same for every strategy."""
+    """``step(batch) -> (loss, dice)``: :func:`gradient_step` with the model's optimizer on one
+    global (distributed) batch ``(x, y)``, the same for every strategy; loss and Dice are the
+    mean over replicas."""
     import tensorflow as tf
 
-    from .metrics import batch_dice, batch_dice_loss
+    from .metrics import batch_dice
 
     def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            probabilities = model(x, training=True)
-            loss = batch_dice_loss(y, probabilities)
-            scaled = loss / strategy.num_replicas_in_sync
-        gradients = tape.gradient(scaled, model.trainable_variables)
-        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        loss, probabilities = gradient_step(model, model.optimizer, x, y,
+                                            strategy.num_replicas_in_sync)
         return loss, batch_dice(y, probabilities)
 
     @tf.function
@@ -299,40 +271,74 @@ def evaluate_patches(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> di
             "val_dice": float(dice_coefficient(y, predictions, axis=BATCH_AXIS))}
 
 
-def out_of_time(config: TrainConfig, started: float, epoch_started: float) -> bool:
-    """Whether another epoch as long as the last would end past the run's time limit."""
-    if not config.time_limit_minutes:
-        return False
-    now = time.monotonic()
-    return (now - started) + (now - epoch_started) > config.time_limit_minutes * 60
-
-
 def used_up(config: TrainConfig, state: dict | None) -> bool:
     """Whether a run has trained for its whole time limit already."""
     limit = config.time_limit_minutes
     return bool(limit and state and state["training_seconds"] >= limit * 60)
 
 
-def new_run(config: TrainConfig, out: Path) -> TrainConfig:
-    """Check the data and the run folder, split the cases and write config.json."""
-    if (out / "config.json").exists():
-        raise InputError(out, "holds a run already: pass --resume to continue it, or choose "
-                              "another --out")
+def write_history(folder: Path, history: list[dict]) -> None:
+    """history.csv and curves.png of a run, atomically."""
+    import pandas as pd
+
+    from .figures import plot_history
+
+    table = pd.DataFrame(history)
+    with atomic_path(folder / HISTORY_FILE) as tmp:
+        table.to_csv(tmp, index=False)
+    figure = plot_history(table)
+    with atomic_path(folder / CURVES_FILE) as tmp:
+        figure.savefig(tmp, dpi=80, format="png")
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process is the one that writes the run folder (worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver is None or not resolver.task_id
+
+
+def split_run(config: TrainConfig) -> TrainConfig:
+    """Split the labelled cases of ``config.data`` into the run's training and validation cases,
+    and record the training cases' voxel spacing (median per axis, mm)."""
+    from .data import voxel_spacing
+
     cases = [case for case in find_cases(config.data) if case.label is not None]
     if len(cases) < 2:
         raise InputError(config.data, "training needs at least two labelled cases")
     config.train_cases, config.valid_cases = split_cases([c.id for c in cases],
                                                          config.valid_fraction, config.seed)
+    train_ids = set(config.train_cases)
+    spacings = [voxel_spacing(case) for case in cases if case.id in train_ids]
+    config.spacing = [float(s) for s in np.median(np.asarray(spacings, float), axis=0)]
+    return config
+
+
+def new_run(config: TrainConfig, out: Path) -> TrainConfig:
+    """Check the data and the run folder, split the cases and write config.json."""
+    if is_run(out):
+        raise InputError(out, "holds a run already: pass --resume to continue it, or choose "
+                              "another --out")
+    split_run(config)
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.json")
+    config.save(out / CONFIG_FILE)
     return config
 
 
 def train(config: TrainConfig, out: str | os.PathLike, strategy=None, verbose: int = 1) -> dict:
     """Train a new run into folder ``out``, then calibrate its threshold; returns its state
-    (``state.json``: epochs, history, why it ended, threshold)."""
+    (``state.json``: epochs, history, why it ended, threshold).
+
+    Under multi-worker training every worker calls this with the same ``out``: the chief
+    (worker 0) writes the run folder, the others split the cases alike and write nothing there.
+    """
+    config.validate()
     out = Path(out)
-    return _complete(new_run(config, out), out, None, strategy, verbose)
+    strategy = strategy or make_strategy(config.strategy)
+    config = new_run(config, out) if is_chief(strategy) else split_run(config)
+    return _complete(config, out, None, strategy, verbose)
 
 
 def resume(out: str | os.PathLike, epochs: int | None = None,
@@ -346,10 +352,11 @@ def resume(out: str | os.PathLike, epochs: int | None = None,
     ``data`` points the run at its dataset in a new place (same cases). Changed settings are
     saved in config.json.
     """
+    say = print if verbose else (lambda *args, **kwargs: None)
     out = Path(out)
-    config = TrainConfig.load(out / "config.json") if (out / "config.json").exists() else None
-    if config is None:
-        raise InputError(out, "no run to resume here (config.json missing)")
+    if not is_run(out):
+        raise InputError(out, f"no run to resume here ({CONFIG_FILE} missing)")
+    config = read_config(out)
     state = read_state(out)
     done = state["epoch"] if state else 0
     if epochs is not None and epochs < max(done, 1):
@@ -358,60 +365,97 @@ def resume(out: str | os.PathLike, epochs: int | None = None,
     changes = {"epochs": epochs, "time_limit_minutes": time_limit_minutes, "data": data}
     changes = {key: value for key, value in changes.items()
                if value is not None and value != getattr(config, key)}
+    old_epochs = config.epochs
     for key, value in changes.items():
         setattr(config, key, value)
-    if changes:
-        config.save(out / "config.json")
+    config.validate()
+    strategy = strategy or make_strategy(config.strategy)
+    if changes and is_chief(strategy):
+        config.save(out / CONFIG_FILE)
+    if "epochs" in changes and done:
+        say(f"{out}: {schedule_change(config, old_epochs, done)}")
     if state and state.get("ended") and ({"epochs", "time_limit_minutes"} & changes.keys()):
         state["ended"] = None  # extended on purpose
     return _complete(config, out, state, strategy, verbose)
 
 
+def schedule_change(config: TrainConfig, old_epochs: int, done: int) -> str:
+    """One line on what extending a run from ``old_epochs`` to ``config.epochs`` epochs does to
+    its learning rate (the cosine schedule is stretched over the new length)."""
+    from dataclasses import replace
+
+    old = cosine_learning_rate(replace(config, epochs=old_epochs))
+    new = cosine_learning_rate(config)
+    return (f"learning rate: the cosine schedule now spans {config.epochs} epochs (was "
+            f"{old_epochs}): epoch {done} trained at {old(done - 1):.3g}, epoch {done + 1} "
+            f"trains at {new(done):.3g}, falling to {new(config.epochs - 1):.3g}")
+
+
 def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verbose: int) -> dict:
-    """Train the epochs the run still needs, then calibrate if that is not done."""
+    """Train the epochs the run still needs, then calibrate if that is not done (the chief)."""
     say = print if verbose else (lambda *args, **kwargs: None)
+    chief = is_chief(strategy)
     done = state["epoch"] if state else 0
     by_id = {case.id: case for case in find_cases(config.data)}
     missing = [i for i in config.train_cases + config.valid_cases if i not in by_id]
     if missing:
         raise InputError(config.data, f"cases of this run are missing: {', '.join(missing[:5])}")
-    strategy = strategy or make_strategy(config.strategy)
     if state and state.get("ended"):
         say(f"{out}: the run ended ({state['ended']}) after {done} epochs; nothing to train "
             f"(--epochs or --time-limit extend it)")
     elif done >= config.epochs:
         say(f"{out}: all {done} epochs are trained")
     elif used_up(config, state):
-        write_state(out, state | {"ended": TIME_LIMIT})
-        state = read_state(out)
+        state = state | {"ended": OUT_OF_TIME}
+        if chief:
+            write_state(out, state)
         say(f"{out}: the time limit of {config.time_limit_minutes} minutes is used up")
     else:
         if done:
             say(f"{out}: resuming at epoch {done + 1} of {config.epochs}")
-        state = _fit(config, out, state, strategy, by_id, verbose)
+        state = _fit_in_folder(config, out, state, strategy, by_id, verbose)
         say(f"{out}: {state['ended']} after {state['epoch']} epochs; best validation Dice "
             f"{state['best_val_dice']:.4f}")
-    if is_chief(strategy) and "threshold" not in state:
+    if chief and "threshold" not in state:
         say(f"{out}: calibrating the label-map threshold on {len(config.valid_cases)} "
-            f"validation scans")
-        calibrate_threshold(out, [by_id[i] for i in config.valid_cases], config.model.patch_shape)
+            f"validation scans ({'with' if config.tta else 'without'} test-time flips)")
+        calibrate_threshold(out, [by_id[i] for i in config.valid_cases], tta=config.tta)
         state = read_state(out)
         say(f"{out}: threshold {state['threshold']}")
     return state
 
 
-def _fit(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: dict,
-         verbose: int) -> dict:
-    """The training loop from the last complete epoch; returns the new state."""
+def _fit_in_folder(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: dict,
+                   verbose: int) -> dict:
+    """:func:`_fit` writing into ``out`` on the chief, and into a temporary folder, deleted
+    afterwards, on every other worker (as Keras' BackupAndRestore does)."""
+    if is_chief(strategy):
+        return _fit(config, out, out, state, strategy, by_id, verbose)
+    task = strategy.cluster_resolver.task_id
+    scratch = Path(tempfile.mkdtemp(prefix=f"tumorseg-worker{task}-"))
+    try:
+        return _fit(config, out, scratch, state, strategy, by_id, verbose)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+SLOW_START_VARIABLE = "TUMORSEG_SLOW_START_SECONDS"  # tests: a worker that starts late
+
+
+def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strategy,
+         by_id: dict, verbose: int) -> dict:
+    """The training loop from the last complete epoch of the run in ``out``, writing into
+    ``folder``; returns the new state. The chief's decision to stop reaches every worker."""
     import keras
 
     initial_epoch = state["epoch"] if state else 0
     keras.utils.set_random_seed(config.seed + initial_epoch)
     patch = config.model.patch_shape
-    cache = out / "cache"
+    cache = folder / CACHE_DIR
     train_cases = [cache_case(by_id[i], cache, patch) for i in config.train_cases]
     valid_cases = [cache_case(by_id[i], cache, patch) for i in config.valid_cases]
-    sampler = PatchSampler(train_cases, patch, config.tumour_share, config.augmentation, config.seed)
+    sampler = PatchSampler(train_cases, patch, config.tumour_share, config.augmentation,
+                           config.seed)
     valid_x, valid_y = validation_arrays(
         PatchSampler(valid_cases, patch, config.tumour_share, NO_AUGMENTATION, config.seed + 1),
         config.validation_patches)
@@ -435,20 +479,23 @@ def _fit(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: di
             model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                           loss=batch_dice_loss, metrics=[batch_dice])
         step = make_train_step(model, strategy)
+        broadcast = make_broadcast(strategy)
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    # Tests: a worker that starts late, after the last collective before training (so the
+    # workers' own clocks disagree by this much).
+    time.sleep(float(os.environ.get(SLOW_START_VARIABLE) or 0))
 
-    recorder = _callbacks_cls()(out, config, state)
+    state = dict(state or {"history": [], "training_seconds": 0.0})
+    early = EarlyStopping.restore(config.early_stopping_patience, state)
+    clock = TrainingClock(state["training_seconds"])
     callbacks = keras.callbacks.CallbackList(
         [keras.callbacks.LearningRateScheduler(cosine_learning_rate(config)),
-         keras.callbacks.EarlyStopping(monitor="val_dice", mode="max",
-                                       patience=config.early_stopping_patience),
-         keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False),
-         recorder],
+         keras.callbacks.TensorBoard(log_dir=str(folder / LOGS_DIR), write_graph=False)],
         add_history=True, add_progbar=verbose > 0, model=model, verbose=verbose,
         epochs=config.epochs, steps=config.steps_per_epoch)
-    model.stop_training = False
     callbacks.on_train_begin()
     for epoch in range(initial_epoch, config.epochs):
+        clock.start_epoch()
         callbacks.on_epoch_begin(epoch)
         losses, dices = [], []
         for batch in range(config.steps_per_epoch):
@@ -461,44 +508,14 @@ def _fit(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: di
         logs |= evaluate_patches(model, valid_x, valid_y, config.batch_size)
         logs["learning_rate"] = float(np.asarray(model.optimizer.learning_rate))
         callbacks.on_epoch_end(epoch, logs)
-        if recorder.state["ended"]:
+        improved = early.update(logs["val_dice"])
+        ended = broadcast(stop_reason(config, epoch + 1, early, clock))
+        state |= early.state() | {
+            "epoch": epoch + 1, "checkpoint": checkpoint_name(epoch + 1),
+            "training_seconds": clock.seconds(), "ended": ended,
+            "history": state["history"] + [{"epoch": epoch + 1} | logs]}
+        record_epoch(folder, model, state, improved)
+        if ended:
             break
     callbacks.on_train_end()
-    return recorder.state
-
-
-def is_chief(strategy) -> bool:
-    """Whether this process is the one that writes shared results (worker 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return resolver is None or not resolver.task_id
-
-
-THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
-TOLERANCE = 0.005
-
-
-def calibrate_threshold(out: Path, valid_cases: list, patch_shape) -> float:
-    """Choose the probability threshold of the label map that gives the best mean Dice of
-    WT, TC and ET on the run's whole validation scans; record it in state.json.
-
-    Soft-Dice-trained networks give probabilities that are not calibrated, so 0.5 is not
-    always best; the choice uses validation cases only, never the cases evaluated later.
-    """
-    from .data import load_case
-    from .inference import predict_volume, to_label_map
-    from .metrics import case_metrics
-
-    model = load_model(out / "model.keras")
-    scores = {threshold: [] for threshold in THRESHOLDS}
-    for case in valid_cases:
-        image, label = load_case(case)
-        probabilities = predict_volume(model, image, patch_shape=patch_shape)
-        for threshold in THRESHOLDS:
-            row = case_metrics(to_label_map(probabilities, threshold), label)
-            scores[threshold].append(np.mean([row[f"Dice {r}"] for r in ("WT", "TC", "ET")]))
-    means = {t: float(np.mean(v)) for t, v in scores.items()}
-    # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
-    best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
-    write_state(out, read_state(out) | {"threshold": best, "threshold_scores":
-                                        {str(t): m for t, m in means.items()}})
-    return best
+    return state
