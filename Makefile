@@ -12,7 +12,7 @@ CASES ?= 32
 # Training time of make run, in minutes (make run TRAIN_MINUTES=30).
 TRAIN_MINUTES ?= 15
 
-.PHONY: run test bench assets lab student grade chromium clean
+.PHONY: run test lint bench assets lab student grade chromium clean
 STUDENT_DIR ?= student
 SUBMISSIONS ?= submissions
 
@@ -41,8 +41,13 @@ run: $(STAMP)
 	$(BIN)/tumorseg predict --model $(RUN) --input $(REAL)/labelled --out $(RUN)/real --tta --overwrite
 	$(BIN)/tumorseg evaluate --pred $(RUN)/real --truth $(REAL)/labelled --agreement $(REAL)/labelled-algorithms
 
-test: $(STAMP) chromium
+test: lint $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# ruff (pinned in requirements.txt, configured in pyproject.toml): lint and formatting.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The browser test drives Debian's chromium (Playwright cannot download its own here).
 chromium:

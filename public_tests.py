@@ -322,7 +322,7 @@ def test_get_sub_volume(target):
     kwargs = dict(orig_x=10, orig_y=9, orig_z=6, output_x=4, output_y=3, output_z=2,
                   num_classes=4, max_tries=1000, background_threshold=0.7)
     np.random.seed(3)
-    for attempt in range(20):
+    for _ in range(20):
         result = _sub_volume(check, target, image, label, **kwargs)
         if result is None:
             check.fail("returned None although qualifying windows exist.")
@@ -347,7 +347,7 @@ def test_get_sub_volume(target):
     tumour = np.ones((5, 4, 3), np.uint8)
     seen = [set(), set(), set()]
     np.random.seed(0)
-    for attempt in range(40):
+    for _ in range(40):
         X, _ = _sub_volume(check, target, small, tumour, orig_x=5, orig_y=4, orig_z=3, output_x=4,
                            output_y=3, output_z=2, background_threshold=0.95) or (None, None)
         if X is None or X.shape[:3] != (4, 3, 2):

@@ -99,7 +99,7 @@ class SliceViewer:
         self.scale = scale
         # Each sequence is normalised once over the whole volume, so slices compare.
         self.normalised = [normalise(image[..., c]) for c in range(image.shape[-1])]
-        tumour = next((l for l in self.labels.values() if l is not None and l.any()), None)
+        tumour = next((m for m in self.labels.values() if m is not None and m.any()), None)
         start = int(np.argmax((tumour > 0).sum(axis=(0, 1)))) if tumour is not None \
             else image.shape[2] // 2
         self.plane = widgets.Dropdown(options=list(PLANES), value="axial", description="plane")

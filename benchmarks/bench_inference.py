@@ -107,9 +107,9 @@ def accuracy() -> dict:
         image, label = load_case(case)
         spacing = voxel_spacing(case)
         for name, predict in (
-                ("sliding", lambda: predictor.predict(image)),
-                ("sliding_tta", lambda: predictor.predict(image, tta=True)),
-                ("seed_tiling", lambda: seed_tiling_predict(predictor.net(), image))):
+                ("sliding", lambda image=image: predictor.predict(image)),
+                ("sliding_tta", lambda image=image: predictor.predict(image, tta=True)),
+                ("seed_tiling", lambda image=image: seed_tiling_predict(predictor.net(), image))):
             rows[name][case.id] = case_metrics(to_label_map(predict(), threshold), label, spacing)
     means = {name: metrics_table(r).loc["mean"] for name, r in rows.items()}
     return {"training_minutes": training_minutes, "epochs": state["epoch"],

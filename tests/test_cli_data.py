@@ -77,7 +77,10 @@ def test_synthetic_case_looks_like_a_tumour_scan(synthetic_pair):
     flair, t1, t1gd, t2 = (image[..., c] for c in range(4))
     edema, enhancing = label == 1, label == 3
     normal_white = brain & (label == 0)
-    rel = lambda seq, mask: seq[mask].mean() / seq[normal_white].mean()
+
+    def rel(seq, mask):
+        return seq[mask].mean() / seq[normal_white].mean()
+
     if edema.sum() > 50:
         assert rel(flair, edema) > 1.2 and rel(t2, edema) > 1.2
     if enhancing.sum() > 50:

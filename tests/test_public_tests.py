@@ -296,30 +296,30 @@ def loss_array_methods(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
 
 
 def sens_spec_precision(pred, label, class_num):
-    p, l = pred[..., class_num], label[..., class_num]
-    tp, fp = np.sum(p * l), np.sum(p * (1 - l))
-    tn = np.sum((1 - p) * (1 - l))
+    p, truth = pred[..., class_num], label[..., class_num]
+    tp, fp = np.sum(p * truth), np.sum(p * (1 - truth))
+    tn = np.sum((1 - p) * (1 - truth))
     return tp / (tp + fp), tn / (tn + fp)
 
 
 def sens_spec_channels_first(pred, label, class_num):
-    p, l = pred[class_num], label[class_num]
-    tp, fn = np.sum(p * l), np.sum((1 - p) * l)
-    tn, fp = np.sum((1 - p) * (1 - l)), np.sum(p * (1 - l))
+    p, truth = pred[class_num], label[class_num]
+    tp, fn = np.sum(p * truth), np.sum((1 - p) * truth)
+    tn, fp = np.sum((1 - p) * (1 - truth)), np.sum(p * (1 - truth))
     return tp / (tp + fn), tn / (tn + fp)
 
 
 def sens_spec_npv(pred, label, class_num):
-    p, l = pred[..., class_num], label[..., class_num]
-    tp, fn = np.sum(p * l), np.sum((1 - p) * l)
-    tn = np.sum((1 - p) * (1 - l))
+    p, truth = pred[..., class_num], label[..., class_num]
+    tp, fn = np.sum(p * truth), np.sum((1 - p) * truth)
+    tn = np.sum((1 - p) * (1 - truth))
     return tp / (tp + fn), tn / (tn + fn)
 
 
 def sens_spec_python_division(pred, label, class_num):
-    p, l = pred[..., class_num] == 1, label[..., class_num] == 1
-    tp, fn = int(np.sum(p & l)), int(np.sum(~p & l))
-    tn, fp = int(np.sum(~p & ~l)), int(np.sum(p & ~l))
+    p, truth = pred[..., class_num] == 1, label[..., class_num] == 1
+    tp, fn = int(np.sum(p & truth)), int(np.sum(~p & truth))
+    tn, fp = int(np.sum(~p & ~truth)), int(np.sum(p & ~truth))
     return tp / (tp + fn), tn / (tn + fp)
 
 

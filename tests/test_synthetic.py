@@ -30,7 +30,9 @@ def test_drawn_contrasts_keep_every_ordering_and_vary(randomisation):
 
 
 def test_shifted_contrasts_lie_outside_the_training_range():
-    factors = lambda r: np.abs(np.log(synthetic.draw_contrast(rng(1), r) / synthetic.CONTRAST))
+    def factors(r):
+        return np.abs(np.log(synthetic.draw_contrast(rng(1), r) / synthetic.CONTRAST))
+
     assert SHIFTED.contrast[0] >= DEFAULT.contrast[1]
     for field in ("gamma", "noise", "blur", "bias", "radius", "irregularity", "mass_effect",
                   "deformation", "texture", "scale"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import InputError
 from .presets import DEFAULT_PRESET, PRECISIONS, SEED_PATCH_SHAPE
@@ -127,7 +128,7 @@ def new_train_config(args: argparse.Namespace):
     return config
 
 
-def prediction_targets(cases, out) -> tuple[list, "Path"]:
+def prediction_targets(cases, out) -> tuple[list, Path]:
     """Output path per case, and the provenance file beside them: one case to a .nii/.nii.gz
     path gives that file and ``<name>.predict.json``; otherwise a folder with
     ``<case id>.nii.gz`` per case and ``predict.json``."""
