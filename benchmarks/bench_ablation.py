@@ -176,7 +176,8 @@ def spread(runs: list[dict], key: str) -> dict:
 
 
 def ablation() -> dict:
-    result = {"minutes": MINUTES, "cases": CASES, "seeds": SEEDS, "held_out_cases": HELD_OUT}
+    result = {"minutes": MINUTES, "cases": CASES, "seeds": SEEDS, "held_out_cases": HELD_OUT,
+              "variants": {}}
     unknown = [name for name in CHOSEN if name not in VARIANTS]
     if unknown:
         raise SystemExit(f"TUMORSEG_ABLATION_VARIANTS: unknown {unknown}; known: "
@@ -188,10 +189,11 @@ def ablation() -> dict:
             subprocess.run([sys.executable, "-c", "from benchmarks.bench_ablation import "
                             f"train_run; train_run({name!r}, {seed})"], check=True)
             runs.append(score_run(name, seed))
-        result[name] = {"runs": runs, "cases": round(CASES * VARIANTS[name].cases),
-                        **{key: spread(runs, key) for key in ("own", "shifted", "real")},
-                        "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
-                        "minutes": float(np.mean([r["minutes"] for r in runs]))}
+        result["variants"][name] = {
+            "runs": runs, "cases": round(CASES * VARIANTS[name].cases),
+            **{key: spread(runs, key) for key in ("own", "shifted", "real")},
+            "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
+            "minutes": float(np.mean([r["minutes"] for r in runs]))}
     return save("ablation", result)
 
 
@@ -200,9 +202,9 @@ def report_ablation(r: dict) -> list[tuple[str, str, str]]:
     shifted phantoms and the real pair; steps per second, minutes, epochs."""
     lines = []
     for name, variant in VARIANTS.items():
-        if name not in r:
+        if name not in r["variants"]:
             continue
-        v = r[name]
+        v = r["variants"][name]
         dice = "; ".join(f"{k} " + " / ".join(f"{v[k][g]['mean']:.3f}+-{v[k][g]['half_range']:.3f}"
                                               for g in REGIONS)
                          for k in ("own", "shifted", "real"))
