@@ -129,22 +129,30 @@ def held_out(name: str, generator: str = "own"):
 def train_run(name: str, seed: int) -> None:
     """Train (or finish) variant ``name`` with training seed ``seed`` under
     build/bench/ablation/ (run by :func:`ablation` in a fresh process)."""
-    from tumorseg.patches import Augmentation
-    from tumorseg.presets import TRAINING_PRESETS
     from tumorseg.run import is_run
-    from tumorseg.train import TrainConfig, resume, train
+    from tumorseg.train import resume, train
 
-    variant = VARIANTS[name]
     run = folder() / f"run-{name}-seed{seed}"
     if is_run(run):
         resume(run, verbose=0)
         return
+    train(variant_config(name, seed, train_data(name)), run, verbose=0)
+
+
+def variant_config(name: str, seed: int, data):
+    """The :class:`~tumorseg.run.TrainConfig` of variant ``name`` with training seed ``seed``
+    on the phantoms in ``data``: the `cpu` preset as `make run` trains it, and the variant's
+    changes."""
+    from tumorseg.patches import Augmentation
+    from tumorseg.presets import TRAINING_PRESETS
+    from tumorseg.run import TrainConfig
+
+    variant = VARIANTS[name]
     config = TrainConfig.from_preset(
-        train_data(name), "cpu", time_limit_minutes=MINUTES * variant.minutes, seed=seed,
+        data, "cpu", time_limit_minutes=MINUTES * variant.minutes, seed=seed,
         epochs=max(1, round(TRAINING_PRESETS["cpu"]["epochs"] * variant.epochs)))
-    config = replace(config, augmentation=replace(Augmentation(), **variant.augmentation),
-                     model=replace(config.model, **variant.model), **variant.train)
-    train(config, run, verbose=0)
+    return replace(config, augmentation=replace(Augmentation(), **variant.augmentation),
+                   model=replace(config.model, **variant.model), **variant.train)
 
 
 def score_run(name: str, seed: int) -> dict:

@@ -764,3 +764,23 @@ def test_a_run_with_every_lever_trains_resumes_and_predicts(tmp_path):
     np.testing.assert_array_equal(
         predictor.segment(image, 0.3),
         to_label_map(predictor.predict(image), 0.3, "regions"))
+
+
+def test_every_ablation_variant_is_a_valid_run_that_changes_one_thing(tmp_path):
+    """Each variant of ``python -m benchmarks ablation`` makes a valid configuration, and each
+    lever variant differs from the default one (a misspelt or ignored setting would not)."""
+    from benchmarks.bench_ablation import VARIANTS, variant_config
+
+    from dataclasses import replace
+
+    default = variant_config("default", 1, tmp_path)
+    assert default == replace(TrainConfig.from_preset(tmp_path, "cpu", seed=1),
+                              time_limit_minutes=default.time_limit_minutes)
+    levers = [name for name, variant in VARIANTS.items() if variant.what.startswith("lever")]
+    assert len(levers) == 9
+    for name in VARIANTS:
+        config = variant_config(name, 1, tmp_path)
+        config.validate()
+        assert config.seed == 1
+        if name in levers:
+            assert config != default, name
