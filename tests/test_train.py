@@ -754,6 +754,8 @@ def test_a_run_with_every_lever_trains_resumes_and_predicts(tmp_path):
                                        spacing=read_config(run).spacing)
     state = read_state(run)
     assert len(load_model(run / state["checkpoint"]).outputs) == 2
+    from_checkpoint = Predictor.from_run(run / state["checkpoint"])
+    assert len(from_checkpoint.model.outputs) == 1 and from_checkpoint.output == "regions"
     state = resume(run, epochs=2, verbose=0)
     assert state["epoch"] == 2
     assert state["history"][-1]["learning_rate"] == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-4)

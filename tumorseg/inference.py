@@ -301,11 +301,11 @@ class Predictor:
         folder it takes that run's settings; alone, the model's own input size and threshold
         0.5. Reads ``config.json`` (architecture, patch shape) and ``state.json`` (calibrated
         threshold); loads the model in safe mode."""
-        from .model import load_model
+        from .model import load_model, main_output
 
         path = Path(path)
         model_file = path / MODEL_FILE if path.is_dir() else path
-        model = load_model(model_file)
+        model = main_output(load_model(model_file))  # a checkpoint's deep supervision: dropped
         run = model_file.parent
         if is_run(run):
             config = read_config(run).model
