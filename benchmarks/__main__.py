@@ -1,6 +1,6 @@
 """Run the benchmarks: `python -m benchmarks [NAME ...]`; print a table; JSON in build/bench/.
 
-Without names: all but ``ablation`` (about 2.7 hours of training) and ``calibration`` (a
+Without names: all but ``ablation`` (about 10 hours of training) and ``calibration`` (a
 before/after comparison that needs the git history); name them to run them."""
 
 from __future__ import annotations

@@ -1,35 +1,50 @@
 """What the phantom-trained model needs, measured: the `cpu` preset trained as `make run` trains
 it (32 cases, the same time limit) on variants of the generator's ranges, the patch
-augmentation, the number of cases, the training time and the network's width, each scored on
-held-out phantoms of its own generator and of the shifted one
-(:func:`benchmarks.bench_transfer.dice_on`, no TTA), with its prediction on the real cases in
-``../shared/real`` when that folder exists.
+augmentation, the number of cases, the training time and the network's width, and on each
+training lever of issue 17 (bf16, region outputs, Dice + CE, deep supervision, core-centred
+patches, instance normalisation, SGD + poly, XLA, threads), each from ``SEEDS`` training seeds
+(``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
+on held-out phantoms of its own generator and of the shifted one
+(:func:`benchmarks.bench_transfer.dice_on`, no TTA) and on the real development pair
+(``data/real``, :mod:`tumorseg.devset`), with its training steps per second and minutes.
 
-Long (one `make run`-length training or more per variant: about 20 minutes each, 2.7 hours in
-all, on two cores), so plain `make bench` leaves it out: `python -m benchmarks ablation`.
-``TUMORSEG_ABLATION_MINUTES`` and ``TUMORSEG_ABLATION_CASES`` shorten it (defaults 15 and 32, as
-`make run`). A finished variant is not trained again.
+Long (one `make run`-length training per variant and seed: about 20 minutes each, about 10
+hours in all on two cores), so plain `make bench` leaves it out: `python -m benchmarks
+ablation`. Environment: ``TUMORSEG_ABLATION_MINUTES`` and ``TUMORSEG_ABLATION_CASES`` shorten
+it (defaults 15 and 32, as `make run`), ``TUMORSEG_ABLATION_SEEDS`` (default 2) sets the seeds,
+``TUMORSEG_ABLATION_VARIANTS`` (comma-separated names) picks variants and
+``TUMORSEG_ABLATION_HELD_OUT`` (default 8) the held-out phantoms of each generator. Each run
+trains in its own Python process (thread pools and XLA start fresh); a finished run is not
+trained again.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field, replace
 
-from .bench_transfer import HELD_OUT, dice_on, held_out, real_pictures
+import numpy as np
+
+from .bench_transfer import HELD_OUT as TRANSFER_HELD_OUT
 from .common import OUT, save
 
 MINUTES = float(os.environ.get("TUMORSEG_ABLATION_MINUTES", 15))
 CASES = int(os.environ.get("TUMORSEG_ABLATION_CASES", 32))
+SEEDS = int(os.environ.get("TUMORSEG_ABLATION_SEEDS", 2))
+HELD_OUT = int(os.environ.get("TUMORSEG_ABLATION_HELD_OUT", TRANSFER_HELD_OUT))
 STRONG = {"gamma": 0.3, "bias": 0.2, "blur": 0.8}  # the patch augmentation before
 NONE = {name: 0.0 for name in STRONG}  # the defaults now
+REGIONS = ("WT", "TC", "ET")
 
 
 @dataclass(frozen=True)
 class Variant:
     """One training of the ablation: overrides of the generator's ranges, the patch
-    augmentation, the network and the other training settings, and multiples of `make run`'s
-    cases, epochs and minutes."""
+    augmentation, the network (:class:`~tumorseg.presets.ModelConfig`) and the other training
+    settings (:class:`~tumorseg.run.TrainConfig`), and multiples of `make run`'s cases, epochs
+    and minutes."""
 
     what: str
     generator: dict = field(default_factory=dict)
@@ -42,78 +57,167 @@ class Variant:
 
 
 VARIANTS = {
+    "default": Variant("radius 8-24 mm, no patch gamma/bias/blur (the defaults now)"),
     "before": Variant("radius 3-24 mm, patch gamma/bias/blur 0.3/0.2/0.8 (the defaults before)",
                       {"radius": (3.0, 24.0)}, STRONG),
     "radius": Variant("radius 8-24 mm, patch gamma/bias/blur 0.3/0.2/0.8", augmentation=STRONG),
     "half": Variant("radius 8-24 mm, patch gamma/bias/blur 0.15/0.1/0.4",
                     augmentation={name: value / 2 for name, value in STRONG.items()}),
-    "default": Variant("radius 8-24 mm, no patch gamma/bias/blur (the defaults now)"),
     "cases": Variant("the defaults, twice the cases", cases=2),
     # Early stopping's patience doubles too: with 8 it ended the 56 epochs at 27.
     "longer": Variant("the defaults, twice the epochs, minutes and early-stopping patience",
                       train={"early_stopping_patience": 16}, epochs=2, minutes=2),
     "wider": Variant("the defaults, 12 base filters (not 8), half the epochs in the same minutes",
                      model={"n_base_filters": 12}, epochs=0.5),
+    # The training levers of issue 17, each alone on the defaults.
+    "bf16": Variant("lever: mixed-bfloat16 training", model={"precision": "bf16"}),
+    "regions": Variant("lever: region outputs WT/TC/ET (nested sigmoids)",
+                       model={"output": "regions"}),
+    "dice_ce": Variant("lever: Dice + binary cross-entropy", train={"loss": "dice_ce"}),
+    "deep_supervision": Variant("lever: deep supervision, 2 auxiliary outputs",
+                                train={"deep_supervision": 2}),
+    "core": Variant("lever: 0.3 of patches on the core, 0.3 on any tumour (not 0.6)",
+                    train={"tumour_share": 0.3, "core_share": 0.3}),
+    "instance": Variant("lever: instance normalisation (not batch)",
+                        model={"normalization": "instance"}),
+    "sgd": Variant("lever: SGD, Nesterov 0.99, lr 0.01, poly 0.9 (not Adam, cosine)",
+                   train={"optimizer": "sgd", "schedule": "poly", "learning_rate": 0.01}),
+    "xla": Variant("lever: XLA-compiled training step", train={"jit_compile": True}),
+    "threads": Variant("lever: 1 inter-op, 2 intra-op threads",
+                       train={"inter_op_threads": 1, "intra_op_threads": 2}),
 }
+CHOSEN = [name.strip() for name in os.environ.get("TUMORSEG_ABLATION_VARIANTS", "").split(",")
+          if name.strip()] or list(VARIANTS)
 
 
-def train_variant(name: str) -> dict:
-    """Train (or finish) variant ``name`` under build/bench/ablation/; its Dice on its own and
-    the shifted generator's held-out phantoms, and its prediction on the real cases
-    (:func:`benchmarks.bench_transfer.real_pictures`; none without ``../shared/real``)."""
-    from tumorseg.inference import Predictor
-    from tumorseg.patches import Augmentation
-    from tumorseg.presets import TRAINING_PRESETS
-    from tumorseg.run import is_run
+def folder():
+    return OUT / "ablation"
+
+
+def train_data(name: str):
+    """The training phantoms of variant ``name`` (shared by the variants of the default
+    generator and case count), written once."""
     from tumorseg.synthetic import DEFAULT, write_dataset
-    from tumorseg.train import TrainConfig, resume, train
 
     variant = VARIANTS[name]
-    folder = OUT / "ablation"
     cases = round(CASES * variant.cases)
-    if variant.generator:
-        generator = replace(DEFAULT, **variant.generator)
-        held_out_data = folder / f"held-out-{name}"
-        write_dataset(held_out_data, cases=HELD_OUT, seed=1, progress=False, generator=generator)
-    else:  # the transfer benchmark's held-out phantoms, made once for both
-        generator, held_out_data = "default", held_out("default")
     shared = not variant.generator and cases == CASES
-    train_data = folder / ("train-default" if shared else f"train-{name}")
-    write_dataset(train_data, cases=cases, seed=0, progress=False, generator=generator)
-    run = folder / f"run-{name}"
-    if is_run(run):
-        state = resume(run, verbose=0)
+    path = folder() / ("train-default" if shared else f"train-{name}")
+    generator = replace(DEFAULT, **variant.generator) if variant.generator else "default"
+    write_dataset(path, cases=cases, seed=0, progress=False, generator=generator)
+    return path
+
+
+def held_out(name: str, generator: str = "own"):
+    """Held-out phantoms (``HELD_OUT`` cases) of variant ``name``'s own generator, or of the
+    shifted one: seed 1 for a training generator, 2 for the shifted one, as
+    :func:`benchmarks.bench_transfer.held_out`."""
+    from tumorseg.synthetic import DEFAULT, write_dataset
+
+    variant = VARIANTS[name]
+    if generator == "shifted":
+        key, spec, seed = "shifted", "shifted", 2
+    elif variant.generator:
+        key, spec, seed = f"own-{name}", replace(DEFAULT, **variant.generator), 1
     else:
-        config = TrainConfig.from_preset(
-            train_data, "cpu", time_limit_minutes=MINUTES * variant.minutes,
-            epochs=max(1, round(TRAINING_PRESETS["cpu"]["epochs"] * variant.epochs)),
-            **variant.train)
-        config = replace(config, augmentation=replace(Augmentation(), **variant.augmentation),
-                         model=replace(config.model, **variant.model))
-        state = train(config, run, verbose=0)
+        key, spec, seed = "own-default", "default", 1
+    path = folder() / f"held-out-{key}-{HELD_OUT}"
+    write_dataset(path, cases=HELD_OUT, seed=seed, progress=False, generator=spec)
+    return path
+
+
+def train_run(name: str, seed: int) -> None:
+    """Train (or finish) variant ``name`` with training seed ``seed`` under
+    build/bench/ablation/ (run by :func:`ablation` in a fresh process)."""
+    from tumorseg.run import is_run
+    from tumorseg.train import resume, train
+
+    run = folder() / f"run-{name}-seed{seed}"
+    if is_run(run):
+        resume(run, verbose=0)
+        return
+    train(variant_config(name, seed, train_data(name)), run, verbose=0)
+
+
+def variant_config(name: str, seed: int, data):
+    """The :class:`~tumorseg.run.TrainConfig` of variant ``name`` with training seed ``seed``
+    on the phantoms in ``data``: the `cpu` preset as `make run` trains it, and the variant's
+    changes."""
+    from tumorseg.patches import Augmentation
+    from tumorseg.presets import TRAINING_PRESETS
+    from tumorseg.run import TrainConfig
+
+    variant = VARIANTS[name]
+    config = TrainConfig.from_preset(
+        data, "cpu", time_limit_minutes=MINUTES * variant.minutes, seed=seed,
+        epochs=max(1, round(TRAINING_PRESETS["cpu"]["epochs"] * variant.epochs)))
+    return replace(config, augmentation=replace(Augmentation(), **variant.augmentation),
+                   model=replace(config.model, **variant.model), **variant.train)
+
+
+def score_run(name: str, seed: int) -> dict:
+    """Dice WT / TC / ET of one trained run on its own and the shifted held-out phantoms and on
+    the real development pair; its epochs, steps per second and minutes."""
+    from tumorseg import devset
+    from tumorseg.inference import Predictor
+    from tumorseg.run import read_config, read_state
+
+    from .bench_transfer import dice_on
+
+    run = folder() / f"run-{name}-seed{seed}"
+    state, config = read_state(run), read_config(run)
     predictor = Predictor.from_run(run)
-    return {"epochs": state["epoch"], "ended": state["ended"], "cases": cases,
-            "own": dice_on(predictor, held_out_data),
-            "shifted": dice_on(predictor, held_out("shifted")),
-            "real": real_pictures(predictor, run, folder / f"real-{name}")}
+    steps = state["epoch"] * config.steps_per_epoch
+    return {"seed": seed, "epochs": state["epoch"], "ended": state["ended"],
+            "steps_per_second": steps / state["training_seconds"],
+            "minutes": state["training_seconds"] / 60,
+            "own": dice_on(predictor, held_out(name)),
+            "shifted": dice_on(predictor, held_out(name, "shifted")),
+            "real": dice_on(predictor, devset.LABELLED)}
+
+
+def spread(runs: list[dict], key: str) -> dict:
+    """Mean and half range over seeds of each region's Dice in ``runs[i][key]``."""
+    values = {region: [run[key][region] for run in runs] for region in REGIONS}
+    return {region: {"mean": float(np.mean(v)), "half_range": float(np.ptp(v) / 2)}
+            for region, v in values.items()}
 
 
 def ablation() -> dict:
-    result = {"minutes": MINUTES, "cases": CASES, "held_out_cases": HELD_OUT}
-    for name in VARIANTS:
-        result[name] = train_variant(name)
+    result = {"minutes": MINUTES, "cases": CASES, "seeds": SEEDS, "held_out_cases": HELD_OUT,
+              "variants": {}}
+    unknown = [name for name in CHOSEN if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"TUMORSEG_ABLATION_VARIANTS: unknown {unknown}; known: "
+                         f"{', '.join(VARIANTS)}")
+    for name in CHOSEN:
+        runs = []
+        for seed in range(SEEDS):
+            print(f"[ablation] {name}, seed {seed}", flush=True)
+            subprocess.run([sys.executable, "-c", "from benchmarks.bench_ablation import "
+                            f"train_run; train_run({name!r}, {seed})"], check=True)
+            runs.append(score_run(name, seed))
+        result["variants"][name] = {
+            "runs": runs, "cases": round(CASES * VARIANTS[name].cases),
+            **{key: spread(runs, key) for key in ("own", "shifted", "real")},
+            "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
+            "minutes": float(np.mean([r["minutes"] for r in runs]))}
     return save("ablation", result)
 
 
 def report_ablation(r: dict) -> list[tuple[str, str, str]]:
+    """One row per variant: Dice WT / TC / ET (mean +- half range over seeds) on own phantoms,
+    shifted phantoms and the real pair; steps per second, minutes, epochs."""
     lines = []
     for name, variant in VARIANTS.items():
-        v = r[name]
-        dice = " / ".join(" ".join(f"{v[k][region]:.3f}" for region in ("WT", "TC", "ET"))
-                          for k in ("own", "shifted"))
-        real = "; ".join(f"real {c['edema_cm3']:.0f}/{c['non_enhancing_cm3']:.0f}/"
-                         f"{c['enhancing_cm3']:.0f} cm3" for c in v["real"])
-        lines.append((f"cpu, {variant.what}", f"Dice own / shifted {dice}",
-                      f"{v['cases']} cases, {v['epochs']} epochs, {v['ended']}"
-                      + (f"; {real}" if real else "")))
+        if name not in r["variants"]:
+            continue
+        v = r["variants"][name]
+        dice = "; ".join(f"{k} " + " / ".join(f"{v[k][g]['mean']:.3f}+-{v[k][g]['half_range']:.3f}"
+                                              for g in REGIONS)
+                         for k in ("own", "shifted", "real"))
+        epochs = "/".join(str(run["epochs"]) for run in v["runs"])
+        lines.append((f"cpu, {variant.what} ({len(v['runs'])} seeds)", f"Dice WT/TC/ET {dice}",
+                      f"{v['steps_per_second']:.2f} steps/s, {v['minutes']:.1f} min, "
+                      f"{v['cases']} cases, epochs {epochs}"))
     return lines

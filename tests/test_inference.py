@@ -261,3 +261,17 @@ if __name__ == "__main__":
     GOLDEN.parent.mkdir(exist_ok=True)
     np.savez_compressed(GOLDEN, label_map=label_map)
     print(GOLDEN, np.unique(label_map, return_counts=True))
+
+
+def test_region_label_map_nests_et_in_tc_in_wt():
+    probabilities = np.array([[0.1, 0.2, 0.3],    # nothing above 0.5 -> background
+                              [0.9, 0.2, 0.1],    # WT only -> 1
+                              [0.9, 0.6, 0.4],    # TC -> 2
+                              [0.3, 0.4, 0.7],    # ET wins whatever WT, TC say -> 3
+                              [0.2, 0.8, 0.1]],   # TC without WT -> 2
+                             np.float32).reshape(5, 1, 1, 3)
+    assert to_label_map(probabilities, output="regions").ravel().tolist() == [0, 1, 2, 3, 2]
+    assert to_label_map(probabilities, 0.85, "regions").ravel().tolist() == [0, 1, 1, 0, 0]
+    assert to_label_map(probabilities).ravel().tolist() == [0, 1, 1, 3, 2]  # the classes' rule
+    with pytest.raises(ValueError, match="output"):
+        to_label_map(probabilities, output="labels")

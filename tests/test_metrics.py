@@ -155,3 +155,20 @@ def test_case_metrics_and_table():
     table = metrics.metrics_table({"a": row, "b": metrics.case_metrics(truth, truth)})
     assert list(table.index) == ["a", "b", "mean"]
     assert table.loc["mean", "Dice ET"] == 0.5
+
+
+def test_region_targets_nest_the_classes():
+    classes = np.eye(4)[[0, 1, 2, 3]][:, 1:]  # background, edema, non-enhancing, enhancing
+    regions = metrics.region_targets(classes)
+    assert regions.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]]  # WT, TC, ET
+
+
+def test_dice_ce_loss_adds_binary_cross_entropy():
+    y, p = random_pair()
+    y = (y > 0.5).astype(np.float64)
+    batch_y, batch_p = y[None], p[None]
+    bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    np.testing.assert_allclose(metrics.binary_cross_entropy(y, p), bce, rtol=1e-6)
+    np.testing.assert_allclose(metrics.batch_dice_ce_loss(batch_y, batch_p),
+                               metrics.batch_dice_loss(batch_y, batch_p) + bce, rtol=1e-6)
+    assert set(metrics.LOSSES) == {"dice", "dice_ce"}

@@ -69,3 +69,50 @@ def test_config_round_trips_through_json():
 
     config = PRESETS["cpu"]
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+# ----------------------------------------------------------------------------- training levers
+
+LEVER_NET = ModelConfig(patch_shape=(16, 16, 8), n_base_filters=2, depth=3)
+
+
+def test_region_outputs_are_recorded_in_the_network():
+    from tumorseg.inference import config_from_model
+
+    regions = build_model(ModelConfig(**{**LEVER_NET.to_dict(), "output": "regions"}))
+    assert "region_probabilities" in [layer.name for layer in regions.layers]
+    assert config_from_model(regions).output == "regions"
+    assert config_from_model(build_model(LEVER_NET)).output == "classes"
+    with pytest.raises(ValueError, match="output must be one of"):
+        unet_model_3d(input_shape=(16, 16, 8, 4), output="labels")
+
+
+def test_instance_normalisation_is_per_example_and_batch_normalisation_is_not():
+    """In training mode an example's output does not depend on the others in its batch under
+    instance normalisation; under batch normalisation it does."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 16, 16, 8, 4)).astype(np.float32)
+    other = x.copy()
+    other[1] = rng.normal(size=x[1].shape) * 3 + 1
+    for norm, independent in (("instance", True), ("batch", False)):
+        model = build_model(ModelConfig(**{**LEVER_NET.to_dict(), "normalization": norm}))
+        first = np.asarray(model(x, training=True))[0]
+        again = np.asarray(model(other, training=True))[0]
+        assert np.allclose(first, again, atol=1e-5) == independent, norm
+
+
+def test_deep_supervision_adds_full_size_outputs_and_the_saved_net_has_one(tmp_path):
+    from tumorseg.model import add_deep_supervision, load_model, main_output
+
+    model = build_model(LEVER_NET)
+    assert add_deep_supervision(model, 0) is model
+    twin = add_deep_supervision(model, 1)
+    x = np.random.default_rng(0).normal(size=(1, 16, 16, 8, 4)).astype(np.float32)
+    outputs = twin(x)
+    assert len(outputs) == 2 and all(tuple(o.shape) == (1, 16, 16, 8, 3) for o in outputs)
+    assert not np.allclose(outputs[0], outputs[1])
+    net = main_output(twin)
+    np.testing.assert_allclose(np.asarray(net(x)), np.asarray(model(x)), atol=1e-6)
+    net.save(tmp_path / "net.keras")
+    loaded = load_model(tmp_path / "net.keras")
+    assert len(loaded.outputs) == 1 and len(loaded.get_weights()) == len(model.get_weights())

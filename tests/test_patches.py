@@ -225,3 +225,20 @@ def test_bounding_box_of_non_zero_voxels_with_margin():
     label = (mask != 0).astype(np.uint8)
     assert patches.bounding_box(label) == patches.bounding_box(mask)
     assert patches.bounding_box(np.ones((4, 5))) == (slice(0, 4), slice(0, 5))
+
+
+def test_core_share_centres_patches_on_the_core(tumour_dataset, tmp_path):
+    """The fixture's tumour is edema around a small enhancing core (label 3): with
+    ``core_share=1`` every patch holds core; tumour-centred patches often hold only edema. With
+    ``core_share=0`` the patches are those of a sampler without the setting."""
+    core = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=0.0, core_share=1.0,
+                        augmentation=patches.NO_AUGMENTATION)
+    assert all(core(i)[1][..., 1:].any() for i in range(12))
+    tumour = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=1.0,
+                          augmentation=patches.NO_AUGMENTATION)
+    assert not all(tumour(i)[1][..., 1:].any() for i in range(12))
+    default = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=0.6, seed=3)
+    zero = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=0.6, seed=3,
+                        core_share=0.0)
+    for i in range(4):
+        np.testing.assert_array_equal(default(i)[0], zero(i)[0])

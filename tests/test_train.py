@@ -559,6 +559,17 @@ BAD_FILES = {
     "bad strategy": (lambda v: v.update(strategy="ring"), "strategy: must be one of"),
     "not a mapping": (lambda v: v["augmentation"].clear() or v.update(augmentation=[1]),
                       "augmentation: must be a mapping"),
+    "bad loss": (lambda v: v.update(loss="focal"), "loss: must be one of dice, dice_ce"),
+    "bad optimizer": (lambda v: v.update(optimizer="rmsprop"), "optimizer: must be one of"),
+    "bad schedule": (lambda v: v.update(schedule="step"), "schedule: must be one of"),
+    "bad output": (lambda v: v["model"].update(output="labels"), "model.output: must be one"),
+    "shares over 1": (lambda v: v.update(core_share=0.5), "core_share: tumour_share + "
+                                                          "core_share must be at most 1"),
+    "too deep supervision": (lambda v: v.update(deep_supervision=2),
+                             "deep_supervision: a network of depth 3 has 1 lower decoder"),
+    "negative threads": (lambda v: v.update(intra_op_threads=-1), "intra_op_threads: must be "
+                                                                  "at least 0"),
+    "jit not bool": (lambda v: v.update(jit_compile=1), "jit_compile: must be true or false"),
 }
 
 
@@ -640,3 +651,138 @@ def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_pa
         state = json.loads((run / "state.json").read_text())
         assert state["threshold"] == threshold and state["threshold_tta"] is tta
         assert len(builds) == 1 and flips == [tta] * len(cases), (builds, flips)
+
+
+# ----------------------------------------------------------------------------- training levers
+
+
+def test_the_default_levers_are_the_seeds_recipe(tmp_path):
+    config = TrainConfig.from_preset(tmp_path, "cpu")
+    assert (config.loss, config.deep_supervision, config.core_share, config.optimizer,
+            config.schedule, config.jit_compile, config.inter_op_threads,
+            config.intra_op_threads) == ("dice", 0, 0.0, "adam", "cosine", False, 0, 0)
+    assert (config.model.output, config.model.precision) == ("classes", "float32")
+
+
+def test_optimizer_and_schedule_settings(tmp_path):
+    from dataclasses import replace
+
+    from tumorseg.train import learning_rate_schedule, make_optimizer
+
+    config = TrainConfig.from_preset(tmp_path, "cpu", epochs=10, learning_rate=0.01)
+    assert type(make_optimizer(config)).__name__ == "Adam"
+    sgd = make_optimizer(replace(config, optimizer="sgd"))
+    assert type(sgd).__name__ == "SGD" and sgd.nesterov and sgd.momentum == 0.99
+    poly = learning_rate_schedule(replace(config, schedule="poly"))
+    assert poly(0) == pytest.approx(0.01) and poly(5) == pytest.approx(0.01 * 0.5 ** 0.9)
+    cosine = learning_rate_schedule(config)
+    assert cosine(9) == pytest.approx(0.01 * config.final_learning_rate_fraction)
+
+
+def test_objective_of_regions_dice_ce_and_deep_supervision(tmp_path):
+    from dataclasses import replace
+
+    from tumorseg.metrics import batch_dice_ce_loss, batch_dice_loss, region_targets
+    from tumorseg.train import make_objective
+
+    rng = np.random.default_rng(0)
+    y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (2, 8, 8, 4))][..., 1:]
+    a, b = (rng.random(y.shape).astype(np.float32) for _ in range(2))
+    config = TrainConfig.from_preset(tmp_path, "cpu")
+    targets, objective = make_objective(config)
+    assert targets(y) is y and float(objective(y, a)) == pytest.approx(batch_dice_loss(y, a))
+    regions = replace(config, model=replace(config.model, output="regions"), loss="dice_ce")
+    targets, objective = make_objective(regions)
+    np.testing.assert_array_equal(targets(y), region_targets(y))
+    assert float(objective(y, a)) == pytest.approx(batch_dice_ce_loss(y, a), rel=1e-5)
+    _, objective = make_objective(replace(config, deep_supervision=1))
+    expected = (2 * batch_dice_loss(y, a) + batch_dice_loss(y, b)) / 3
+    assert float(objective(y, [a, b])) == pytest.approx(expected, rel=1e-5)
+
+
+def test_jit_compile_and_threads_reach_tensorflow(tmp_path, monkeypatch):
+    import tensorflow as tf
+    from dataclasses import replace
+
+    from tumorseg.model import build_model
+    from tumorseg.train import configure_threads, make_train_step
+
+    config = TrainConfig.from_preset(tmp_path, "cpu")
+    config.model = TINY
+    model = build_model(TINY)
+    model.compile(optimizer="adam")
+    strategy = tf.distribute.get_strategy()
+    jit = make_train_step(model, strategy, replace(config, jit_compile=True)).replica_step
+    assert getattr(jit, "_jit_compile", None) is True
+    plain = make_train_step(model, strategy, config).replica_step
+    assert getattr(plain, "_jit_compile", None) is not True
+    calls = []
+    threading = tf.config.threading
+    monkeypatch.setattr(threading, "set_inter_op_parallelism_threads",
+                        lambda n: calls.append(("inter", n)))
+    monkeypatch.setattr(threading, "set_intra_op_parallelism_threads",
+                        lambda n: calls.append(("intra", n)))
+    configure_threads(config)
+    assert calls == []
+    configure_threads(replace(config, inter_op_threads=1, intra_op_threads=3))
+    assert sorted(calls) == [("inter", 1), ("intra", 3)]
+
+
+def test_a_run_with_every_lever_trains_resumes_and_predicts(tmp_path):
+    """bf16 training, instance normalisation, region outputs, Dice + CE, deep supervision,
+    core-centred patches, SGD with poly decay and XLA in one tiny run: config.json records
+    them, the checkpoint keeps the auxiliary output (resume), model.keras has one output, and
+    prediction uses the regions' label-map rule."""
+    from dataclasses import replace
+
+    from tumorseg.data import find_cases, load_case
+    from tumorseg.inference import Predictor, to_label_map
+    from tumorseg.run import read_config, read_state
+    from tumorseg.train import resume, train
+
+    data = make_dataset(tmp_path / "data")
+    config = TrainConfig.from_preset(data, "cpu", epochs=1, steps_per_epoch=2, batch_size=2)
+    config = replace(config, validation_patches=2, loss="dice_ce", deep_supervision=1,
+                     tumour_share=0.3, core_share=0.3, optimizer="sgd", schedule="poly",
+                     learning_rate=0.01, jit_compile=True,
+                     model=replace(TINY, normalization="instance", precision="bf16",
+                                   output="regions"))
+    run = tmp_path / "run"
+    train(config, run, verbose=0)
+    assert read_config(run) == replace(config, train_cases=read_config(run).train_cases,
+                                       valid_cases=read_config(run).valid_cases,
+                                       spacing=read_config(run).spacing)
+    state = read_state(run)
+    assert len(load_model(run / state["checkpoint"]).outputs) == 2
+    from_checkpoint = Predictor.from_run(run / state["checkpoint"])
+    assert len(from_checkpoint.model.outputs) == 1 and from_checkpoint.output == "regions"
+    state = resume(run, epochs=2, verbose=0)
+    assert state["epoch"] == 2
+    assert state["history"][-1]["learning_rate"] == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-4)
+    predictor = Predictor.from_run(run)
+    assert len(predictor.model.outputs) == 1 and predictor.output == "regions"
+    assert predictor.model.get_layer("down0a_conv").dtype_policy.name == "mixed_bfloat16"
+    image, _ = load_case(find_cases(data)[0])
+    np.testing.assert_array_equal(
+        predictor.segment(image, 0.3),
+        to_label_map(predictor.predict(image), 0.3, "regions"))
+
+
+def test_every_ablation_variant_is_a_valid_run_that_changes_one_thing(tmp_path):
+    """Each variant of ``python -m benchmarks ablation`` makes a valid configuration, and each
+    lever variant differs from the default one (a misspelt or ignored setting would not)."""
+    from benchmarks.bench_ablation import VARIANTS, variant_config
+
+    from dataclasses import replace
+
+    default = variant_config("default", 1, tmp_path)
+    assert default == replace(TrainConfig.from_preset(tmp_path, "cpu", seed=1),
+                              time_limit_minutes=default.time_limit_minutes)
+    levers = [name for name, variant in VARIANTS.items() if variant.what.startswith("lever")]
+    assert len(levers) == 9
+    for name in VARIANTS:
+        config = variant_config(name, 1, tmp_path)
+        config.validate()
+        assert config.seed == 1
+        if name in levers:
+            assert config != default, name

@@ -145,6 +145,7 @@ def config_from_model(model) -> ModelConfig | None:
         normalization=norm,
         deconvolution=any(name.startswith("upconv") for name in names),
         precision=precision,
+        output="regions" if "region_probabilities" in names else "classes",
     )
 
 
@@ -234,11 +235,21 @@ def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = 
     return _slide(net, patch, image, overlap, tta, batch_size, progress)
 
 
-def to_label_map(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """uint8 ``(x, y, z)`` label map from ``(x, y, z, 3)`` probabilities: each voxel takes the
-    channel of highest probability among those above ``threshold`` (1 edema, 2 non-enhancing,
-    3 enhancing); none above it means background 0."""
+def to_label_map(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                 output: str = "classes") -> np.ndarray:
+    """uint8 ``(x, y, z)`` label map from ``(x, y, z, 3)`` probabilities.
+
+    ``output="classes"`` (the seed's): each voxel takes the channel of highest probability among
+    those above ``threshold`` (1 edema, 2 non-enhancing, 3 enhancing); none above it means
+    background 0. ``output="regions"`` (nested WT, TC, ET sigmoids): ET above ``threshold`` ->
+    3, else TC -> 2, else WT -> 1, else 0."""
     probabilities = np.asarray(probabilities)
+    if output == "regions":
+        above = probabilities > threshold
+        return np.select([above[..., 2], above[..., 1], above[..., 0]], [3, 2, 1],
+                         0).astype(np.uint8)
+    if output != "classes":
+        raise ValueError(f"output must be 'classes' or 'regions', got {output!r}")
     best = np.argmax(probabilities, axis=-1).astype(np.uint8) + 1
     return np.where(probabilities.max(axis=-1) > threshold, best, 0).astype(np.uint8)
 
@@ -290,11 +301,11 @@ class Predictor:
         folder it takes that run's settings; alone, the model's own input size and threshold
         0.5. Reads ``config.json`` (architecture, patch shape) and ``state.json`` (calibrated
         threshold); loads the model in safe mode."""
-        from .model import load_model
+        from .model import load_model, main_output
 
         path = Path(path)
         model_file = path / MODEL_FILE if path.is_dir() else path
-        model = load_model(model_file)
+        model = main_output(load_model(model_file))  # a checkpoint's deep supervision: dropped
         run = model_file.parent
         if is_run(run):
             config = read_config(run).model
@@ -334,7 +345,12 @@ class Predictor:
         """``(X, Y, Z, 4)`` scan -> uint8 ``(X, Y, Z)`` label map at ``threshold`` (default: the
         run's); ``options`` go to :meth:`predict`."""
         return to_label_map(self.predict(image, **options),
-                            self.threshold if threshold is None else threshold)
+                            self.threshold if threshold is None else threshold, self.output)
+
+    @property
+    def output(self) -> str:
+        """What the network's sigmoids are: "classes" or "regions" (its label-map rule)."""
+        return self.config.output if self.config is not None else "classes"
 
     def model_sha256(self) -> str:
         """SHA-256 of the model file, for provenance."""
@@ -383,7 +399,8 @@ def calibrate_threshold(run: str | os.PathLike, valid_cases: list, tta: bool = T
         image, label = load_case(case)
         probabilities = predictor.predict(image, tta=tta)
         for threshold in THRESHOLDS:
-            scores[threshold].append(region_dice(to_label_map(probabilities, threshold), label))
+            scores[threshold].append(region_dice(
+                to_label_map(probabilities, threshold, predictor.output), label))
     means = {t: float(np.mean(v)) for t, v in scores.items()}
     # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
     best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)

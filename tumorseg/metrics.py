@@ -71,6 +71,32 @@ def batch_dice(y_true, y_pred):
     return dice_coefficient(y_true, y_pred, axis=BATCH_AXIS)
 
 
+def region_targets(y):
+    """The seed's one-hot classes ``(..., 3)`` (edema, non-enhancing, enhancing) as the nested
+    BraTS region targets ``(..., 3)``: WT = all three, TC = non-enhancing + enhancing,
+    ET = enhancing (numpy or tensors)."""
+    xp = _ops(y)
+    edema, core, enhancing = y[..., 0:1], y[..., 1:2], y[..., 2:3]
+    return xp.concatenate([edema + core + enhancing, core + enhancing, enhancing], axis=-1)
+
+
+def binary_cross_entropy(y_true, y_pred, epsilon=1e-6):
+    """Mean binary cross-entropy of sigmoid probabilities ``y_pred`` against 0/1 ``y_true``
+    (any shape), probabilities clipped to ``[epsilon, 1 - epsilon]``."""
+    xp = _ops(y_pred)
+    p = xp.clip(y_pred, epsilon, 1 - epsilon)
+    return -xp.mean(y_true * xp.log(p) + (1 - y_true) * xp.log(1 - p))
+
+
+def batch_dice_ce_loss(y_true, y_pred):
+    """Soft Dice pooled over a batch plus binary cross-entropy on the sigmoids (nnU-Net's
+    loss, with sigmoids): one value per batch."""
+    return batch_dice_loss(y_true, y_pred) + binary_cross_entropy(y_true, y_pred)
+
+
+LOSSES = {"dice": batch_dice_loss, "dice_ce": batch_dice_ce_loss}  # TrainConfig.loss
+
+
 # ----------------------------------------------------------------------------- counts
 
 

@@ -23,7 +23,8 @@ from .presets import KERAS_POLICIES, PRESETS, SEED_PATCH_SHAPE, ModelConfig  # n
 
 def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_base_filters=32,
                   pool_size=(2, 2, 2), deconvolution=False, normalization=None,
-                  activation_name="sigmoid", dtype_policy=None) -> keras.Model:
+                  activation_name="sigmoid", dtype_policy=None,
+                  output="classes") -> keras.Model:
     """Build the seed's 3-D U-Net.
 
     Args:
@@ -35,12 +36,16 @@ def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_bas
         deconvolution: transposed convolution instead of up-sampling in the expanding path.
         normalization: None, "batch" or "instance", after each convolution, before the ReLU.
         dtype_policy: a Keras policy, e.g. "mixed_bfloat16"; the sigmoid output stays float32.
+        output: "classes" (the seed's) or "regions" (WT, TC, ET); the output layer's name
+            records it (``probabilities`` or ``region_probabilities``).
 
     Returns:
         An uncompiled Keras model mapping ``(B, x, y, z, channels)`` to ``(B, x, y, z, n_labels)``.
     """
     if normalization not in (None, "batch", "instance"):
         raise ValueError(f"normalization must be None, 'batch' or 'instance', not {normalization!r}")
+    if output not in OUTPUT_LAYERS:
+        raise ValueError(f"output must be one of {list(OUTPUT_LAYERS)}, not {output!r}")
     factor = 2 ** (depth - 1)
     for size in input_shape[:3]:
         if size is not None and size % factor:
@@ -66,8 +71,39 @@ def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_bas
         current = _conv_block(current, skip.shape[-1], normalization, dtype_policy, f"up{level}a")
         current = _conv_block(current, skip.shape[-1], normalization, dtype_policy, f"up{level}b")
     logits = layers.Conv3D(n_labels, 1, dtype=dtype_policy, name="logits")(current)
-    outputs = layers.Activation(activation_name, dtype="float32", name="probabilities")(logits)
+    outputs = layers.Activation(activation_name, dtype="float32",
+                                name=OUTPUT_LAYERS[output])(logits)
     return keras.Model(inputs, outputs, name="unet3d")
+
+
+OUTPUT_LAYERS = {"classes": "probabilities", "regions": "region_probabilities"}
+
+
+def add_deep_supervision(model: keras.Model, levels: int) -> keras.Model:
+    """The training twin of a U-Net: its output, then ``levels`` auxiliary sigmoid outputs of
+    the decoder levels 1..levels (a 1x1x1 convolution, then nearest up-sampling to full size),
+    sharing every layer of ``model``. ``levels=0`` returns ``model`` itself.
+
+    Outputs: ``[(B, x, y, z, C)] * (levels + 1)``, the main one first."""
+    if levels == 0:
+        return model
+    outputs = [model.output]
+    n_labels = model.output.shape[-1]
+    policy = model.get_layer("down0a_conv").dtype_policy
+    for level in range(1, levels + 1):
+        features = model.get_layer(f"up{level}b_relu").output
+        logits = layers.Conv3D(n_labels, 1, dtype=policy, name=f"aux{level}_logits")(features)
+        up = layers.UpSampling3D(2 ** level, dtype=policy, name=f"aux{level}_up")(logits)
+        outputs.append(layers.Activation("sigmoid", dtype="float32", name=f"aux{level}")(up))
+    return keras.Model(model.input, outputs, name="unet3d_deep_supervision")
+
+
+def main_output(model: keras.Model) -> keras.Model:
+    """The one-output U-Net inside a training twin (:func:`add_deep_supervision`), same
+    layers; a one-output model as it is."""
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.input, model.outputs[0], name="unet3d")
 
 
 def _conv_block(x, filters, normalization, dtype_policy, name):
@@ -90,7 +126,7 @@ def build_model(config: ModelConfig | str = "cpu", fixed_size: bool = True) -> k
     return unet_model_3d(input_shape=(*spatial, config.n_channels), n_labels=config.n_labels,
                          depth=config.depth, n_base_filters=config.n_base_filters,
                          deconvolution=config.deconvolution, normalization=config.normalization,
-                         dtype_policy=policy)
+                         dtype_policy=policy, output=config.output)
 
 
 def forward_flops(model: keras.Model) -> float:
@@ -111,14 +147,15 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
 
     Bad files raise :class:`~tumorseg.errors.InputError` naming the file.
     """
-    from .metrics import batch_dice, batch_dice_loss
+    from .metrics import batch_dice, batch_dice_ce_loss, batch_dice_loss
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "not a .keras file")
     try:
         return keras.models.load_model(path, compile=compile, safe_mode=True, custom_objects={
-            "batch_dice_loss": batch_dice_loss, "batch_dice": batch_dice})
+            "batch_dice_loss": batch_dice_loss, "batch_dice": batch_dice,
+            "batch_dice_ce_loss": batch_dice_ce_loss})
     except Exception as error:  # zip, h5 and deserialisation errors of a foreign file
         message = " ".join(str(error).split())[:150]
         raise InputError(path, f"not a Keras model file ({message})") from None

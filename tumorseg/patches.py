@@ -375,26 +375,42 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
 class PatchSampler:
     """Deterministic random training patches: element ``i`` depends only on ``(seed, i)``.
 
-    A share ``tumour_share`` of patches is centred near a random tumour voxel (the voxel lies at
-    a uniformly random place in the window); the rest are uniformly random windows. Each patch is
-    standardised (per channel and z-slice) and augmented.
+    A share ``core_share`` (default 0) of patches is centred near a random voxel of the tumour
+    core, necrosis / non-enhancing or enhancing (labels 2, 3; any tumour voxel where a case has
+    no core), a further share ``tumour_share`` near a random tumour voxel (the voxel lies at a
+    uniformly random place in the window); the rest are uniformly random windows. Each patch is
+    standardised (per channel and z-slice) and augmented. ``core_share=0`` gives the same
+    patches as before it existed (one random draw decides).
     """
 
     def __init__(self, cases: list[CachedCase], patch_shape=SEED_PATCH_SHAPE,
                  tumour_share=TUMOUR_SHARE,
-                 augmentation: Augmentation = Augmentation(), seed: int = 0, num_classes: int = 4):
+                 augmentation: Augmentation = Augmentation(), seed: int = 0, num_classes: int = 4,
+                 core_share: float = 0.0):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         self.cases, self.patch_shape = cases, tuple(patch_shape)
         self.tumour_share, self.augmentation = tumour_share, augmentation
-        self.seed, self.num_classes = seed, num_classes
+        self.seed, self.num_classes, self.core_share = seed, num_classes, core_share
+        self._cores: dict[str, np.ndarray] = {}
+
+    def core(self, case: CachedCase) -> np.ndarray:
+        """Flat indices of the case's core voxels (labels 2 and 3), found once."""
+        if case.id not in self._cores:
+            tumour = np.asarray(case.tumour)
+            self._cores[case.id] = tumour[np.asarray(case.label).ravel()[tumour] >= 2]
+        return self._cores[case.id]
 
     def corner(self, case: CachedCase, rng: np.random.Generator) -> tuple[int, int, int]:
         shape = case.shape
-        if case.tumour_count and rng.random() < self.tumour_share:
-            voxel = case.tumour_voxel(rng.integers(case.tumour_count))
-            return tuple(int(np.clip(v - rng.integers(w), 0, s - w))
-                         for v, w, s in zip(voxel, self.patch_shape, shape))
+        if case.tumour_count:
+            draw = rng.random()  # one draw: core below core_share, other tumour up to the sum
+            if draw < self.core_share + self.tumour_share:
+                core = self.core(case) if draw < self.core_share else ()
+                voxel = (np.unravel_index(int(core[rng.integers(len(core))]), shape)
+                         if len(core) else case.tumour_voxel(rng.integers(case.tumour_count)))
+                return tuple(int(np.clip(v - rng.integers(w), 0, s - w))
+                             for v, w, s in zip(voxel, self.patch_shape, shape))
         return tuple(int(rng.integers(s - w + 1)) for w, s in zip(self.patch_shape, shape))
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,14 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 KERAS_POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
 PRECISIONS = tuple(KERAS_POLICIES)
 DEFAULT_THRESHOLD = 0.5  # of a label map, where a run has none calibrated
+# What the network's three sigmoids mean: the seed's classes (edema, non-enhancing, enhancing)
+# or the nested BraTS regions (whole tumour, tumour core, enhancing tumour).
+OUTPUTS = ("classes", "regions")
+LOSSES = ("dice", "dice_ce")  # soft Dice (the seed's); plus binary cross-entropy
+OPTIMIZERS = ("adam", "sgd")  # sgd: nnU-Net's, Nesterov momentum SGD_MOMENTUM
+SCHEDULES = ("cosine", "poly")  # poly: nnU-Net's (1 - epoch / epochs) ** POLY_EXPONENT
+SGD_MOMENTUM = 0.99
+POLY_EXPONENT = 0.9
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,8 @@ class ModelConfig:
     n_base_filters: int = 32
     normalization: str | None = None  # None, "batch" or "instance"
     deconvolution: bool = False
-    precision: str = "float32"  # or "bf16" (PRECISIONS)
+    precision: str = "float32"  # or "bf16" (PRECISIONS): mixed bfloat16, training included
+    output: str = "classes"  # or "regions" (OUTPUTS)
 
     def to_dict(self) -> dict:
         return asdict(self)

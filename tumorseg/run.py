@@ -24,7 +24,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 from .patches import TUMOUR_SHARE, Augmentation
-from .presets import DEFAULT_PRESET, PRESETS, TRAINING_PRESETS, ModelConfig
+from .presets import DEFAULT_PRESET, OUTPUTS, PRESETS, TRAINING_PRESETS, ModelConfig
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -63,11 +63,19 @@ class TrainConfig:
     valid_fraction: float = 0.2
     validation_patches: int = 16
     tumour_share: float = TUMOUR_SHARE
+    core_share: float = 0.0  # of patches centred on necrosis / enhancing tumour (labels 2, 3)
     augmentation: Augmentation = field(default_factory=Augmentation)
     early_stopping_patience: int = 8
     time_limit_minutes: float | None = None  # no epoch starts that would end past this
     strategy: str = "default"
     seed: int = 0
+    loss: str = "dice"  # or "dice_ce" (LOSSES)
+    deep_supervision: int = 0  # auxiliary outputs at decoder levels 1..n (training only)
+    optimizer: str = "adam"  # or "sgd" (OPTIMIZERS; learning_rate is its initial rate)
+    schedule: str = "cosine"  # or "poly" (SCHEDULES), per epoch
+    jit_compile: bool = False  # XLA-compile the training step
+    inter_op_threads: int = 0  # TensorFlow's thread pools; 0: TensorFlow's choice
+    intra_op_threads: int = 0
     tta: bool = True  # calibration predicts with test-time flips, as make run's prediction does
     train_cases: list[str] = field(default_factory=list)
     valid_cases: list[str] = field(default_factory=list)
@@ -133,7 +141,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`Invalid` for the first bad setting."""
-        from .presets import PRECISIONS, STRATEGIES
+        from .presets import LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
         _check_text(self, "data")
         _check_text(self, "preset")
@@ -145,6 +153,16 @@ class TrainConfig:
         _check_number(self, "final_learning_rate_fraction", 0, 1)
         _check_number(self, "valid_fraction", 0, 1, low_open=True, high_open=True)
         _check_number(self, "tumour_share", 0, 1)
+        _check_number(self, "core_share", 0, 1)
+        if self.tumour_share + self.core_share > 1:
+            raise Invalid("core_share", f"tumour_share + core_share must be at most 1, got "
+                                        f"{self.tumour_share} + {self.core_share}")
+        _check_choice(self, "loss", LOSSES)
+        _check_choice(self, "optimizer", OPTIMIZERS)
+        _check_choice(self, "schedule", SCHEDULES)
+        _check_bool(self, "jit_compile")
+        for key in ("inter_op_threads", "intra_op_threads"):
+            _check_integer(self, key, 0)
         if self.time_limit_minutes is not None:
             _check_number(self, "time_limit_minutes", 0, low_open=True)
         _check_choice(self, "strategy", STRATEGIES)
@@ -159,6 +177,11 @@ class TrainConfig:
             raise Invalid("spacing", f"must be three positive millimetre sizes, got "
                                      f"{self.spacing!r}")
         _check_model(self.model, PRECISIONS)
+        _check_integer(self, "deep_supervision", 0)
+        if self.deep_supervision > self.model.depth - 2:
+            raise Invalid("deep_supervision", f"a network of depth {self.model.depth} has "
+                                              f"{max(self.model.depth - 2, 0)} lower decoder "
+                                              f"levels, got {self.deep_supervision}")
         _check_augmentation(self.augmentation)
 
 
@@ -246,6 +269,7 @@ def _check_model(model: ModelConfig, precisions) -> None:
     _check_choice(model, "n_labels", (3,), "model.")
     _check_choice(model, "normalization", (None, "batch", "instance"), "model.")
     _check_choice(model, "precision", precisions, "model.")
+    _check_choice(model, "output", OUTPUTS, "model.")
     _check_bool(model, "deconvolution", "model.")
     patch = model.patch_shape
     if (not isinstance(patch, tuple) or len(patch) != 3

@@ -168,16 +168,17 @@ def make_broadcast(strategy):
     return broadcast
 
 
-def record_epoch(folder: Path, model, state: dict, improved: bool) -> None:
-    """Write one epoch into the run folder, each file atomically: its checkpoint, the best model
-    (when ``improved``), then state.json (the commit point), then the history files; the
-    previous checkpoint goes once the new state stands."""
+def record_epoch(folder: Path, model, state: dict, improved: bool, best=None) -> None:
+    """Write one epoch into the run folder, each file atomically: its checkpoint (``model``,
+    the training twin under deep supervision), the best model (``best``, default ``model``: the
+    one-output network, when ``improved``), then state.json (the commit point), then the history
+    files; the previous checkpoint goes once the new state stands."""
     previous = read_state(folder)
     with atomic_path(folder / state["checkpoint"]) as tmp:
         model.save(tmp)
     if improved:
         with atomic_path(folder / MODEL_FILE) as tmp:
-            model.save(tmp)
+            (best or model).save(tmp)
     write_state(folder, state)
     if previous and previous.get("checkpoint") not in (None, state["checkpoint"]):
         (folder / previous["checkpoint"]).unlink(missing_ok=True)
@@ -197,6 +198,75 @@ def cosine_learning_rate(config: TrainConfig):
     return schedule
 
 
+def poly_learning_rate(config: TrainConfig):
+    """Epoch -> learning rate: nnU-Net's ``learning_rate * (1 - epoch / epochs) ** 0.9``."""
+    from .presets import POLY_EXPONENT
+
+    def schedule(epoch, _=None):
+        return float(config.learning_rate * (1 - epoch / config.epochs) ** POLY_EXPONENT)
+
+    return schedule
+
+
+def learning_rate_schedule(config: TrainConfig):
+    """Epoch (0-based) -> learning rate, by ``config.schedule``."""
+    return {"cosine": cosine_learning_rate, "poly": poly_learning_rate}[config.schedule](config)
+
+
+def make_optimizer(config: TrainConfig):
+    """The run's optimizer: Adam (the seed's), or nnU-Net's SGD with Nesterov momentum."""
+    import keras
+
+    from .presets import SGD_MOMENTUM
+
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=SGD_MOMENTUM, nesterov=True)
+    return keras.optimizers.Adam(config.learning_rate)
+
+
+def configure_threads(config: TrainConfig) -> None:
+    """Set TensorFlow's inter- and intra-op thread pools (0 leaves one alone). They are fixed
+    once TensorFlow has run an operation: then a different setting is refused with a warning
+    (a fresh process, as the command line is, applies it)."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    for value, get, set_ in (
+            (config.inter_op_threads, threading.get_inter_op_parallelism_threads,
+             threading.set_inter_op_parallelism_threads),
+            (config.intra_op_threads, threading.get_intra_op_parallelism_threads,
+             threading.set_intra_op_parallelism_threads)):
+        if value and get() != value:
+            try:
+                set_(value)
+            except RuntimeError:
+                print(f"warning: TensorFlow has started already; its thread pools stay at "
+                      f"{get() or 'its choice'} (not {value}); run in a fresh process")
+
+
+def make_objective(config: TrainConfig):
+    """``objective(y, outputs) -> loss``: the run's loss (``config.loss``) of its targets
+    (classes, or the BraTS regions of a ``regions`` network) against the model's outputs, the
+    auxiliary ones of deep supervision weighted 1/2, 1/4, ... of the one before (weights sum
+    to 1); ``targets(y)`` makes the targets from the one-hot classes. Returns
+    ``(targets, objective)``."""
+    from keras import ops
+
+    from .metrics import LOSSES, region_targets
+
+    loss = LOSSES[config.loss]
+    targets = region_targets if config.model.output == "regions" else (lambda y: y)
+    weights = [0.5 ** k for k in range(config.deep_supervision + 1)]
+    weights = [w / sum(weights) for w in weights]
+
+    def objective(y, outputs):
+        if not isinstance(outputs, (list, tuple)):
+            return loss(y, outputs)
+        return ops.sum(ops.stack([w * loss(y, out) for w, out in zip(weights, outputs)]))
+
+    return targets, objective
+
+
 def train_step(model, optimizer, x, y):
     """One optimisation step on one batch; the loss before the update.
 
@@ -212,39 +282,49 @@ def train_step(model, optimizer, x, y):
     return gradient_step(model, optimizer, x, y)[0]
 
 
-def gradient_step(model, optimizer, x, y, replicas: int = 1):
-    """The training step of every loop: the soft Dice loss of the batch in training mode, its
-    gradients, divided by ``replicas`` (tf.distribute sums the replicas' gradients, so their
-    mean is applied), applied by ``optimizer``.
+def gradient_step(model, optimizer, x, y, replicas: int = 1, objective=None):
+    """The training step of every loop: the soft Dice loss of the batch in training mode (or
+    ``objective(y, outputs)``, :func:`make_objective`), its gradients, divided by ``replicas``
+    (tf.distribute sums the replicas' gradients, so their mean is applied), applied by
+    ``optimizer``.
 
     Returns ``(loss, probabilities)``: the batch's loss before the update (undivided), and the
-    ``(B, x, y, z, 3)`` probabilities it was computed from.
+    ``(B, x, y, z, 3)`` probabilities (of the main output) it was computed from.
     """
     import tensorflow as tf
 
     from .metrics import batch_dice_loss
 
+    objective = objective or batch_dice_loss
     with tf.GradientTape() as tape:
-        probabilities = model(x, training=True)
-        loss = batch_dice_loss(y, probabilities)
+        outputs = model(x, training=True)
+        loss = objective(y, outputs)
         share = loss / replicas
+    probabilities = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
     gradients = tape.gradient(share, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     return loss, probabilities
 
 
-def make_train_step(model, strategy):
+def make_train_step(model, strategy, config: TrainConfig | None = None):
     """``step(batch) -> (loss, dice)``: :func:`gradient_step` with the model's optimizer on one
     global (distributed) batch ``(x, y)``, the same for every strategy; loss and Dice are the
-    mean over replicas."""
+    mean over replicas. ``config`` gives the targets and loss (:func:`make_objective`) and
+    whether XLA compiles each replica's step (``jit_compile``); without it, the seed's."""
     import tensorflow as tf
 
     from .metrics import batch_dice
 
+    targets, objective = make_objective(config) if config else ((lambda y: y), None)
+
     def replica_step(x, y):
+        y = targets(y)
         loss, probabilities = gradient_step(model, model.optimizer, x, y,
-                                            strategy.num_replicas_in_sync)
+                                            strategy.num_replicas_in_sync, objective)
         return loss, batch_dice(y, probabilities)
+
+    if config is not None and config.jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
 
     @tf.function
     def step(batch):
@@ -252,6 +332,7 @@ def make_train_step(model, strategy):
         mean = tf.distribute.ReduceOp.MEAN
         return strategy.reduce(mean, loss, axis=None), strategy.reduce(mean, dice, axis=None)
 
+    step.replica_step = replica_step
     return step
 
 
@@ -336,6 +417,7 @@ def train(config: TrainConfig, out: str | os.PathLike, strategy=None, verbose: i
     """
     config.validate()
     out = Path(out)
+    configure_threads(config)
     strategy = strategy or make_strategy(config.strategy)
     config = new_run(config, out) if is_chief(strategy) else split_run(config)
     return _complete(config, out, None, strategy, verbose)
@@ -369,6 +451,7 @@ def resume(out: str | os.PathLike, epochs: int | None = None,
     for key, value in changes.items():
         setattr(config, key, value)
     config.validate()
+    configure_threads(config)
     strategy = strategy or make_strategy(config.strategy)
     if changes and is_chief(strategy):
         config.save(out / CONFIG_FILE)
@@ -384,9 +467,9 @@ def schedule_change(config: TrainConfig, old_epochs: int, done: int) -> str:
     its learning rate (the cosine schedule is stretched over the new length)."""
     from dataclasses import replace
 
-    old = cosine_learning_rate(replace(config, epochs=old_epochs))
-    new = cosine_learning_rate(config)
-    return (f"learning rate: the cosine schedule now spans {config.epochs} epochs (was "
+    old = learning_rate_schedule(replace(config, epochs=old_epochs))
+    new = learning_rate_schedule(config)
+    return (f"learning rate: the {config.schedule} schedule now spans {config.epochs} epochs (was "
             f"{old_epochs}): epoch {done} trained at {old(done - 1):.3g}, epoch {done + 1} "
             f"trains at {new(done):.3g}, falling to {new(config.epochs - 1):.3g}")
 
@@ -455,7 +538,7 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
     train_cases = [cache_case(by_id[i], cache, patch) for i in config.train_cases]
     valid_cases = [cache_case(by_id[i], cache, patch) for i in config.valid_cases]
     sampler = PatchSampler(train_cases, patch, config.tumour_share, config.augmentation,
-                           config.seed)
+                           config.seed, core_share=config.core_share)
     valid_x, valid_y = validation_arrays(
         PatchSampler(valid_cases, patch, config.tumour_share, NO_AUGMENTATION, config.seed + 1),
         config.validation_patches)
@@ -468,17 +551,23 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
                                 start=start,
                                 shard=(context.input_pipeline_id, context.num_input_pipelines))
 
+    from .metrics import region_targets
+    from .model import main_output
+
+    if config.model.output == "regions":
+        valid_y = region_targets(valid_y)
     with strategy.scope():
         if state:
             model = load_model(out / state["checkpoint"], compile=True)
         else:
-            from .metrics import batch_dice, batch_dice_loss
-            from .model import build_model
+            from .metrics import LOSSES, batch_dice
+            from .model import add_deep_supervision, build_model
 
-            model = build_model(config.model)
-            model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                          loss=batch_dice_loss, metrics=[batch_dice])
-        step = make_train_step(model, strategy)
+            model = add_deep_supervision(build_model(config.model), config.deep_supervision)
+            model.compile(optimizer=make_optimizer(config), loss=LOSSES[config.loss],
+                          metrics=None if config.deep_supervision else [batch_dice])
+        net = main_output(model)  # the one-output network: validated and saved as the best
+        step = make_train_step(model, strategy, config)
         broadcast = make_broadcast(strategy)
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     # Tests: a worker that starts late, after the last collective before training (so the
@@ -489,7 +578,7 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
     early = EarlyStopping.restore(config.early_stopping_patience, state)
     clock = TrainingClock(state["training_seconds"])
     callbacks = keras.callbacks.CallbackList(
-        [keras.callbacks.LearningRateScheduler(cosine_learning_rate(config)),
+        [keras.callbacks.LearningRateScheduler(learning_rate_schedule(config)),
          keras.callbacks.TensorBoard(log_dir=str(folder / LOGS_DIR), write_graph=False)],
         add_history=True, add_progbar=verbose > 0, model=model, verbose=verbose,
         epochs=config.epochs, steps=config.steps_per_epoch)
@@ -505,7 +594,7 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
             dices.append(float(dice))
             callbacks.on_train_batch_end(batch, {"loss": losses[-1], "dice": dices[-1]})
         logs = {"loss": float(np.mean(losses)), "dice": float(np.mean(dices))}
-        logs |= evaluate_patches(model, valid_x, valid_y, config.batch_size)
+        logs |= evaluate_patches(net, valid_x, valid_y, config.batch_size)
         logs["learning_rate"] = float(np.asarray(model.optimizer.learning_rate))
         callbacks.on_epoch_end(epoch, logs)
         improved = early.update(logs["val_dice"])
@@ -514,7 +603,7 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
             "epoch": epoch + 1, "checkpoint": checkpoint_name(epoch + 1),
             "training_seconds": clock.seconds(), "ended": ended,
             "history": state["history"] + [{"epoch": epoch + 1} | logs]}
-        record_epoch(folder, model, state, improved)
+        record_epoch(folder, model, state, improved, net)
         if ended:
             break
     callbacks.on_train_end()
