@@ -47,6 +47,7 @@ def _with_time_limit(seconds: float, function, *args, **kwargs):
     another thread it runs in a daemon thread that is abandoned when the time is up.
     """
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+
         def on_alarm(signum, frame):
             raise _TimeUp()
 
@@ -76,8 +77,10 @@ def _with_time_limit(seconds: float, function, *args, **kwargs):
 
 
 _SKELETON_HINT = "Is a None from the skeleton still there?"
-_KERAS_OPS = ("keras.ops (ops.sum, ops.mean, ops.square), not numpy (np.sum, np.mean): keras.ops "
-              "works on numpy arrays and on TensorFlow tensors alike")
+_KERAS_OPS = (
+    "keras.ops (ops.sum, ops.mean, ops.square), not numpy (np.sum, np.mean): keras.ops "
+    "works on numpy arrays and on TensorFlow tensors alike"
+)
 
 
 def _sentences(*parts: str) -> str:
@@ -99,8 +102,10 @@ def _error_hint(error: BaseException, hints=()) -> str:
         if (kind is None or kind == name) and (contains is None or contains in text):
             return hint
     if name == "ZeroDivisionError":
-        return ("Divide numpy numbers (np.float64(tp) / (tp + fn)) so that 0/0 gives nan instead "
-                "of an error.")
+        return (
+            "Divide numpy numbers (np.float64(tp) / (tp + fn)) so that 0/0 gives nan instead "
+            "of an error."
+        )
     if "None" in text:
         return _SKELETON_HINT
     return ""
@@ -121,24 +126,33 @@ class _Checker:
         its type, the first line of its message, and a hint (see :func:`_error_hint`)."""
         seconds = SECONDS_PER_CALL if time_limit is None else time_limit
         try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"), \
-                    contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
+            with (
+                warnings.catch_warnings(),
+                np.errstate(all="ignore"),
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
                 warnings.simplefilter("ignore")
                 return _with_time_limit(seconds, target, *args, **kwargs)
         except _TimeUp:
-            self.fail(f"did not finish within {seconds:g} seconds. Is there a loop that never "
-                      f"ends (a while loop without a limit, or a step of 0)?")
+            self.fail(
+                f"did not finish within {seconds:g} seconds. Is there a loop that never "
+                f"ends (a while loop without a limit, or a step of 0)?"
+            )
         except Exception as error:
             first_line = (str(error).strip().splitlines() or [""])[0]
-            self.fail(_sentences(f"raised {type(error).__name__}: {first_line}",
-                                 _error_hint(error, hints)))
+            self.fail(
+                _sentences(
+                    f"raised {type(error).__name__}: {first_line}", _error_hint(error, hints)
+                )
+            )
 
     def shape(self, got, expected: tuple, what: str, hint: str = ""):
         got_shape = np.shape(got)
         if tuple(got_shape) != tuple(expected):
-            self.fail(_sentences(f"{what} should have shape {expected}, got {tuple(got_shape)}",
-                                 hint))
+            self.fail(
+                _sentences(f"{what} should have shape {expected}, got {tuple(got_shape)}", hint)
+            )
 
     def same(self, got, expected, what: str, hint: str = ""):
         if tuple(got) != tuple(expected):
@@ -152,9 +166,11 @@ class _Checker:
         except (TypeError, ValueError):
             self.fail(_sentences(f"{what} should be a single number, got {_describe(got)}", hint))
         if value.shape != ():
-            self.fail(f"{what} should be a single number, got an array of shape {value.shape}. "
-                      f"Sum over every axis in `axis` (the default (0, 1, 2) covers x, y and z) "
-                      f"and take the mean of what is left.")
+            self.fail(
+                f"{what} should be a single number, got an array of shape {value.shape}. "
+                f"Sum over every axis in `axis` (the default (0, 1, 2) covers x, y and z) "
+                f"and take the mean of what is left."
+            )
         return float(value)
 
     def close(self, got, expected: float, what: str, hint: str = "", atol: float = 1e-4):
@@ -166,8 +182,13 @@ class _Checker:
         got = np.asarray(got, dtype=np.float64)
         self.shape(got, np.shape(expected), what, hint)
         if not np.allclose(got, expected, atol=atol, equal_nan=True):
-            self.fail(_sentences(f"{what}: expected {np.round(expected, 4).tolist()}, "
-                                 f"got {np.round(got, 4).tolist()}", hint))
+            self.fail(
+                _sentences(
+                    f"{what}: expected {np.round(expected, 4).tolist()}, "
+                    f"got {np.round(got, 4).tolist()}",
+                    hint,
+                )
+            )
 
     @staticmethod
     def passed():
@@ -203,8 +224,10 @@ def _earlier_exercises(target, *names: str):
         if callable(mine) and mine is not library_version(name) and not _passes_quietly(name, mine):
             replaced[name] = mine
             namespace[name] = library_version(name)
-            print(f"({name} does not pass its own check yet, so this check used the library's "
-                  f"version of it.)")
+            print(
+                f"({name} does not pass its own check yet, so this check used the library's "
+                f"version of it.)"
+            )
     try:
         yield
     finally:
@@ -232,23 +255,34 @@ def test_voxels_per_class(target):
     hint = "Count every voxel of the whole volume (all z-slices) for each value 0 .. num_classes-1."
     if counts is None:
         check.fail("returned None: return the counts as an array of num_classes numbers.")
-    check.shape(counts, (4,), "the counts of a label with values 0..3",
-                "One count per class, in order 0 (background), 1, 2, 3, also for a class with no "
-                "voxel (np.bincount(..., minlength=num_classes)).")
+    check.shape(
+        counts,
+        (4,),
+        "the counts of a label with values 0..3",
+        "One count per class, in order 0 (background), 1, 2, 3, also for a class with no "
+        "voxel (np.bincount(..., minlength=num_classes)).",
+    )
     if not np.array_equal(label, original):
         check.fail("the label was modified; only count.")
     expected = [40, 12, 0, 8]
     if np.asarray(counts).tolist() != expected:
-        check.fail(f"expected {expected} (background, edema, non-enhancing, enhancing), got "
-                   f"{np.asarray(counts).tolist()}. {hint}")
+        check.fail(
+            f"expected {expected} (background, edema, non-enhancing, enhancing), got "
+            f"{np.asarray(counts).tolist()}. {hint}"
+        )
     no_enhancing = np.where(label == 3, 0, label).astype(np.uint8)
     counts = np.asarray(check.call(target, no_enhancing))
-    check.shape(counts, (4,), "the counts of a label without enhancing tumour",
-                "A class with no voxel still gets its place: np.bincount(label.ravel(), "
-                "minlength=num_classes).")
+    check.shape(
+        counts,
+        (4,),
+        "the counts of a label without enhancing tumour",
+        "A class with no voxel still gets its place: np.bincount(label.ravel(), "
+        "minlength=num_classes).",
+    )
     if counts.tolist() != [48, 12, 0, 0]:
-        check.fail(f"label without enhancing tumour: expected [48, 12, 0, 0], got "
-                   f"{counts.tolist()}.")
+        check.fail(
+            f"label without enhancing tumour: expected [48, 12, 0, 0], got {counts.tolist()}."
+        )
     counts = np.asarray(check.call(target, label, num_classes=5))
     check.shape(counts, (5,), "the counts with num_classes=5", "Use the num_classes argument.")
     if counts.tolist() != expected + [0]:
@@ -279,21 +313,32 @@ def test_standardize(target):
         for z in range(image.shape[2]):
             piece = result[:, :, z, channel]
             where = f"channel {channel}, z-slice {z}"
-            check.close(piece.mean(), 0.0, f"mean of {where}",
-                        "Standardise each channel of each z-slice on its own: image[:, :, z, c].",
-                        atol=1e-3)
+            check.close(
+                piece.mean(),
+                0.0,
+                f"mean of {where}",
+                "Standardise each channel of each z-slice on its own: image[:, :, z, c].",
+                atol=1e-3,
+            )
             expected_std = 0.0 if (channel, z) == (2, 2) else 1.0
-            check.close(piece.std(), expected_std, f"standard deviation of {where}",
-                        "Divide by the slice's std, except where it is 0 (only centre those).",
-                        atol=1e-3)
+            check.close(
+                piece.std(),
+                expected_std,
+                f"standard deviation of {where}",
+                "Divide by the slice's std, except where it is 0 (only centre those).",
+                atol=1e-3,
+            )
     integers = np.round(image).astype(np.int16)
     result = np.asarray(check.call(target, integers))
     if not np.issubdtype(result.dtype, np.floating):
-        check.fail(f"an int16 image came back as {result.dtype}: standardised values are "
-                   f"fractions, so make a float array (np.zeros(image.shape, dtype=np.float32), "
-                   f"not np.zeros_like(image)).")
-    check.close(result[:, :, 0, 0].std(), 1.0, "standard deviation of an int16 image's slice",
-                atol=1e-3)
+        check.fail(
+            f"an int16 image came back as {result.dtype}: standardised values are "
+            f"fractions, so make a float array (np.zeros(image.shape, dtype=np.float32), "
+            f"not np.zeros_like(image))."
+        )
+    check.close(
+        result[:, :, 0, 0].std(), 1.0, "standard deviation of an int16 image's slice", atol=1e-3
+    )
     check.passed()
 
 
@@ -319,8 +364,17 @@ def test_get_sub_volume(target):
     label = np.zeros(shape, np.uint8)
     label[5:9, 2:6, 1:4] = 1
     label[6:8, 3:5, 2:3] = 3
-    kwargs = dict(orig_x=10, orig_y=9, orig_z=6, output_x=4, output_y=3, output_z=2,
-                  num_classes=4, max_tries=1000, background_threshold=0.7)
+    kwargs = dict(
+        orig_x=10,
+        orig_y=9,
+        orig_z=6,
+        output_x=4,
+        output_y=3,
+        output_z=2,
+        num_classes=4,
+        max_tries=1000,
+        background_threshold=0.7,
+    )
     np.random.seed(3)
     for _ in range(20):
         result = _sub_volume(check, target, image, label, **kwargs)
@@ -328,50 +382,82 @@ def test_get_sub_volume(target):
             check.fail("returned None although qualifying windows exist.")
         X, y = result
         check.shape(X, (4, 3, 2, 4), "X", "Cut image[x:x+4, y:y+3, z:z+2, :] (channels last).")
-        check.shape(y, (4, 3, 2, 3), "y",
-                    "One-hot encode the label window and drop the background channel (last axis).")
+        check.shape(
+            y,
+            (4, 3, 2, 3),
+            "y",
+            "One-hot encode the label window and drop the background channel (last axis).",
+        )
         x0, y0, z0 = (int(X[0, 0, 0, axis]) for axis in range(3))
         window = (slice(x0, x0 + 4), slice(y0, y0 + 3), slice(z0, z0 + 2))
         if not np.array_equal(X, image[window]):
             check.fail("X is not the image cut at one offset (all channels, same window).")
         one_hot = np.stack([label[window] == c for c in (1, 2, 3)], axis=-1)
         if not np.array_equal(y, one_hot):
-            check.fail("y is not the one-hot label of X's window without background "
-                       "(channels edema, non-enhancing, enhancing).")
+            check.fail(
+                "y is not the one-hot label of X's window without background "
+                "(channels edema, non-enhancing, enhancing)."
+            )
         background = np.mean(label[window] == 0)
         if background >= 0.7:
-            check.fail(f"the window's background fraction {background:.2f} is not below "
-                       f"background_threshold 0.7.")
+            check.fail(
+                f"the window's background fraction {background:.2f} is not below "
+                f"background_threshold 0.7."
+            )
     # Every corner must be possible, the largest included: orig - output + 1 choices per axis.
     small = _coordinate_volume((5, 4, 3))
     tumour = np.ones((5, 4, 3), np.uint8)
     seen = [set(), set(), set()]
     np.random.seed(0)
     for _ in range(40):
-        X, _ = _sub_volume(check, target, small, tumour, orig_x=5, orig_y=4, orig_z=3, output_x=4,
-                           output_y=3, output_z=2, background_threshold=0.95) or (None, None)
+        X, _ = _sub_volume(
+            check,
+            target,
+            small,
+            tumour,
+            orig_x=5,
+            orig_y=4,
+            orig_z=3,
+            output_x=4,
+            output_y=3,
+            output_z=2,
+            background_threshold=0.95,
+        ) or (None, None)
         if X is None or X.shape[:3] != (4, 3, 2):
             check.fail("a 5x4x3 volume that is all tumour should give a 4x3x2 window every time.")
         for axis in range(3):
             seen[axis].add(int(X[0, 0, 0, axis]))
     for axis, name in enumerate("xyz"):
         if seen[axis] != {0, 1}:
-            check.fail(f"in 40 draws on a 5x4x3 volume with a 4x3x2 window, start_{name} took the "
-                       f"values {sorted(seen[axis])}, never both 0 and 1 (= orig_{name} - "
-                       f"output_{name}). np.random.randint(low, high) never returns high: use "
-                       f"np.random.randint(0, orig_{name} - output_{name} + 1).")
+            check.fail(
+                f"in 40 draws on a 5x4x3 volume with a 4x3x2 window, start_{name} took the "
+                f"values {sorted(seen[axis])}, never both 0 and 1 (= orig_{name} - "
+                f"output_{name}). np.random.randint(low, high) never returns high: use "
+                f"np.random.randint(0, orig_{name} - output_{name} + 1)."
+            )
     # The background share must be strictly below the threshold.
     half = np.zeros((4, 4, 2), np.uint8)
     half[:2] = 1  # background share exactly 0.5 in the only window
     whole = dict(orig_x=4, orig_y=4, orig_z=2, output_x=4, output_y=4, output_z=2, max_tries=5)
-    if _sub_volume(check, target, _coordinate_volume((4, 4, 2)), half,
-                   background_threshold=0.5, **whole) is not None:
-        check.fail("accepted a window whose background share (0.50) equals background_threshold "
-                   "(0.5): keep a window only when its share is strictly below it (<, not <=).")
-    if _sub_volume(check, target, _coordinate_volume((4, 4, 2)), half,
-                   background_threshold=0.51, **whole) is None:
-        check.fail("returned None although the window's background share 0.50 is below the "
-                   "threshold 0.51.")
+    if (
+        _sub_volume(
+            check, target, _coordinate_volume((4, 4, 2)), half, background_threshold=0.5, **whole
+        )
+        is not None
+    ):
+        check.fail(
+            "accepted a window whose background share (0.50) equals background_threshold "
+            "(0.5): keep a window only when its share is strictly below it (<, not <=)."
+        )
+    if (
+        _sub_volume(
+            check, target, _coordinate_volume((4, 4, 2)), half, background_threshold=0.51, **whole
+        )
+        is None
+    ):
+        check.fail(
+            "returned None although the window's background share 0.50 is below the threshold 0.51."
+        )
     empty = np.zeros(shape, np.uint8)
     if _sub_volume(check, target, image, empty, **(kwargs | {"max_tries": 50})) is not None:
         check.fail("should return None when no window has background below the threshold.")
@@ -415,34 +501,47 @@ def _check_unet(check, model, input_shape, n_labels, depth, n_base_filters, batc
 
     if not isinstance(model, keras.Model):
         check.fail(f"{what}: should return a keras.Model, got {_describe(model)}.")
-    check.same(model.input_shape, (None, *input_shape), f"{what}: the input shape",
-               "keras.Input(shape=input_shape): channels last, the batch axis is added.")
-    check.same(model.output_shape, (None, *input_shape[:3], n_labels), f"{what}: the output shape",
-                "Keep the input's size ('same' padding) and end with a 1x1x1 Conv3D to n_labels "
-                "channels.")
+    check.same(
+        model.input_shape,
+        (None, *input_shape),
+        f"{what}: the input shape",
+        "keras.Input(shape=input_shape): channels last, the batch axis is added.",
+    )
+    check.same(
+        model.output_shape,
+        (None, *input_shape[:3], n_labels),
+        f"{what}: the output shape",
+        "Keep the input's size ('same' padding) and end with a 1x1x1 Conv3D to n_labels channels.",
+    )
     counts = _layer_counts(model)
-    expectations = [("MaxPooling3D", depth - 1, "max-pooling after each contracting level but "
-                     "the last"),
-                    ("UpSampling3D", depth - 1, "up-sampling at the start of each expanding level"),
-                    ("Concatenate", depth - 1, "a skip concatenation in each expanding level")]
+    expectations = [
+        ("MaxPooling3D", depth - 1, "max-pooling after each contracting level but the last"),
+        ("UpSampling3D", depth - 1, "up-sampling at the start of each expanding level"),
+        ("Concatenate", depth - 1, "a skip concatenation in each expanding level"),
+    ]
     for name, expected, why in expectations:
         if counts.get(name, 0) != expected:
-            check.fail(f"{what}: expected {expected} {name} layers ({why}), found "
-                       f"{counts.get(name, 0)}.")
+            check.fail(
+                f"{what}: expected {expected} {name} layers ({why}), found {counts.get(name, 0)}."
+            )
     if batch_norm and counts.get("BatchNormalization", 0) != 4 * depth - 2:
-        check.fail(f"{what} with normalization='batch': expected a BatchNormalization after each "
-                   f"of the {4 * depth - 2} 3x3x3 convolutions, found "
-                   f"{counts.get('BatchNormalization', 0)}.")
+        check.fail(
+            f"{what} with normalization='batch': expected a BatchNormalization after each "
+            f"of the {4 * depth - 2} 3x3x3 convolutions, found "
+            f"{counts.get('BatchNormalization', 0)}."
+        )
     if not batch_norm and counts.get("BatchNormalization", 0):
         check.fail(f"{what}: normalization=None should add no BatchNormalization layer.")
     if batch_norm:
         _check_normalise_then_relu(check, model, what)
     expected = unet_parameters(input_shape[-1], n_labels, depth, n_base_filters, batch_norm)
     if model.count_params() != expected:
-        check.fail(f"{what}: expected {expected:,} parameters, got {model.count_params():,}. "
-                   f"Level d has two 3x3x3 convolutions with n_base_filters * 2**d then twice that "
-                   f"many filters; each expanding level concatenates the up-sampled features with "
-                   f"the skip and convolves twice to the skip's number of channels.")
+        check.fail(
+            f"{what}: expected {expected:,} parameters, got {model.count_params():,}. "
+            f"Level d has two 3x3x3 convolutions with n_base_filters * 2**d then twice that "
+            f"many filters; each expanding level concatenates the up-sampled features with "
+            f"the skip and convolves twice to the skip's number of channels."
+        )
 
 
 def _producer(layer):
@@ -453,24 +552,34 @@ def _producer(layer):
 
 def _check_normalise_then_relu(check, model, what):
     """conv_block's order with normalisation: Conv3D (no activation), BatchNormalization, ReLU."""
-    order = ("conv_block's order is Conv3D (no activation of its own), then BatchNormalization, "
-             "then ReLU: normalise the convolution's raw output, and apply ReLU after it.")
+    order = (
+        "conv_block's order is Conv3D (no activation of its own), then BatchNormalization, "
+        "then ReLU: normalise the convolution's raw output, and apply ReLU after it."
+    )
     for layer in model.layers:
         if type(layer).__name__ != "BatchNormalization":
             continue
         source = _producer(layer)
         if type(source).__name__ != "Conv3D":
-            check.fail(f"{what}: a BatchNormalization follows a {type(source).__name__} "
-                       f"layer, not a Conv3D. {order}")
+            check.fail(
+                f"{what}: a BatchNormalization follows a {type(source).__name__} "
+                f"layer, not a Conv3D. {order}"
+            )
         if getattr(source.activation, "__name__", "linear") != "linear":
-            check.fail(f"{what}: a BatchNormalization follows a Conv3D with "
-                       f"activation={source.activation.__name__!r}. {order}")
+            check.fail(
+                f"{what}: a BatchNormalization follows a Conv3D with "
+                f"activation={source.activation.__name__!r}. {order}"
+            )
 
 
 _UNET_HINTS = [
-    ("ValueError", "Concatenate", "Each expanding level concatenates the up-sampled features with "
-     "the skip of the same resolution: expanding level d takes contracting level d's output "
-     "(skips[level]), and starts from the deepest skip, the last contracting level's output."),
+    (
+        "ValueError",
+        "Concatenate",
+        "Each expanding level concatenates the up-sampled features with "
+        "the skip of the same resolution: expanding level d takes contracting level d's output "
+        "(skips[level]), and starts from the deepest skip, the last contracting level's output.",
+    ),
 ]
 
 
@@ -479,26 +588,50 @@ def test_unet_model_3d(target):
     model = check.call(target, time_limit=max(SECONDS_PER_CALL, 60), hints=_UNET_HINTS)
     _check_unet(check, model, (160, 160, 16, 4), 3, 4, 32, False, "unet_model_3d()")
     small_shape = (16, 16, 8, 4)
-    small = check.call(target, input_shape=small_shape, n_labels=2, depth=3, n_base_filters=4,
-                       hints=_UNET_HINTS)
-    _check_unet(check, small, small_shape, 2, 3, 4, False,
-                "unet_model_3d(input_shape=(16, 16, 8, 4), n_labels=2, depth=3, n_base_filters=4)")
+    small = check.call(
+        target, input_shape=small_shape, n_labels=2, depth=3, n_base_filters=4, hints=_UNET_HINTS
+    )
+    _check_unet(
+        check,
+        small,
+        small_shape,
+        2,
+        3,
+        4,
+        False,
+        "unet_model_3d(input_shape=(16, 16, 8, 4), n_labels=2, depth=3, n_base_filters=4)",
+    )
     x = np.random.default_rng(0).normal(size=(1, *small_shape)).astype(np.float32)
     probabilities = np.asarray(small(x, training=False))
     if probabilities.min() < 0 or probabilities.max() > 1:
         check.fail("the output should be probabilities in [0, 1]: end with a sigmoid activation.")
     if np.allclose(probabilities.sum(axis=-1), 1, atol=1e-4):
-        check.fail("the channels sum to 1 in every voxel, as after a softmax: each class needs its "
-                   "own independent probability, a sigmoid.")
-    cpu = check.call(target, input_shape=(64, 64, 32, 4), n_base_filters=8, normalization="batch",
-                     hints=_UNET_HINTS)
-    _check_unet(check, cpu, (64, 64, 32, 4), 3, 4, 8, True,
-                "unet_model_3d(input_shape=(64, 64, 32, 4), n_base_filters=8, "
-                "normalization='batch')")
+        check.fail(
+            "the channels sum to 1 in every voxel, as after a softmax: each class needs its "
+            "own independent probability, a sigmoid."
+        )
+    cpu = check.call(
+        target,
+        input_shape=(64, 64, 32, 4),
+        n_base_filters=8,
+        normalization="batch",
+        hints=_UNET_HINTS,
+    )
+    _check_unet(
+        check,
+        cpu,
+        (64, 64, 32, 4),
+        3,
+        4,
+        8,
+        True,
+        "unet_model_3d(input_shape=(64, 64, 32, 4), n_base_filters=8, normalization='batch')",
+    )
     check.passed()
 
 
 # ----------------------------------------------------------------------------- 04: dice and loss
+
 
 def _reference_dice(y_true, y_pred, axis, epsilon, squares=False, xp=np):
     """Per-class Dice (soft Dice with ``squares``) in numpy, or with ``xp=keras.ops`` on
@@ -513,11 +646,11 @@ def _reference_dice(y_true, y_pred, axis, epsilon, squares=False, xp=np):
 
 _TENSOR_WHY = {
     "single_class_dice_coefficient": "the same code serves as a metric and inside the loss during "
-                                     "training, on TensorFlow tensors that gradients flow through",
+    "training, on TensorFlow tensors that gradients flow through",
     "dice_coefficient": "the same code serves as a metric and inside the loss during training, on "
-                        "TensorFlow tensors that gradients flow through",
+    "TensorFlow tensors that gradients flow through",
     "soft_dice_loss": "your train_step in notebook 5 differentiates it on TensorFlow tensors "
-                      "inside a tf.GradientTape",
+    "inside a tf.GradientTape",
 }
 
 
@@ -543,16 +676,22 @@ def _check_on_tensors(check, target, y_true, y_pred, axis, expected, squares=Fal
     what = f"on TensorFlow tensors inside a tf.GradientTape (axis={axis})"
     if not tf.is_tensor(value):
         kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
-        check.fail(f"{what} it returned a {kind}, not a tensor, so no gradient can "
-                   f"flow back to the network's weights. Write it with {_KERAS_OPS}; {why}.")
+        check.fail(
+            f"{what} it returned a {kind}, not a tensor, so no gradient can "
+            f"flow back to the network's weights. Write it with {_KERAS_OPS}; {why}."
+        )
     check.allclose(value, np.asarray(want), what)
     if gradient is None:
-        check.fail(f"{what} it returned a tensor that no gradient flows through to y_pred: "
-                   f"compute it from y_pred with {_KERAS_OPS}, without a detour through numpy.")
+        check.fail(
+            f"{what} it returned a tensor that no gradient flows through to y_pred: "
+            f"compute it from y_pred with {_KERAS_OPS}, without a detour through numpy."
+        )
     if not np.allclose(np.asarray(gradient), np.asarray(want_gradient), rtol=1e-3, atol=1e-6):
-        check.fail(f"{what} its gradient with respect to y_pred differs from that of the "
-                   f"formula: {'squares in the denominator' if squares else 'plain sums'}, and "
-                   f"y_pred enters only through keras.ops.")
+        check.fail(
+            f"{what} its gradient with respect to y_pred differs from that of the "
+            f"formula: {'squares in the denominator' if squares else 'plain sums'}, and "
+            f"y_pred enters only through keras.ops."
+        )
 
 
 def _keras_ops():
@@ -585,100 +724,185 @@ def _volumes(seed: int, shape=(3, 2, 4, 3), soft=False):
     return y_true, (y_pred if soft else (y_pred < 0.5).astype(np.float32))
 
 
-_AXIS_HINT = ("Sum over exactly the axes given in `axis` (ops.sum(..., axis=axis)); do not "
-              "hard-code them.")
+_AXIS_HINT = (
+    "Sum over exactly the axes given in `axis` (ops.sum(..., axis=axis)); do not hard-code them."
+)
 
 
 def test_single_class_dice_coefficient(target):
     check = _Checker("single_class_dice_coefficient")
     hint_eps = "Add epsilon to both the numerator (2 * sum(p * g) + eps) and the denominator."
-    check.close(check.call(target, _LABEL_A, _PRED, epsilon=1), 0.6,
-                "seed example 1 (pred [[1,0],[0,1]], label [[1,1],[0,0]], epsilon=1)", hint_eps)
-    check.close(check.call(target, _LABEL_B, _PRED, epsilon=1), 0.8333,
-                "seed example 2 (pred [[1,0],[0,1]], label [[1,1],[0,1]], epsilon=1)", hint_eps)
-    check.close(check.call(target, _LABEL_A, _HALF, epsilon=1), 0.5,
-                "soft prediction 0.5 (dice uses plain sums, no squares)")
+    check.close(
+        check.call(target, _LABEL_A, _PRED, epsilon=1),
+        0.6,
+        "seed example 1 (pred [[1,0],[0,1]], label [[1,1],[0,0]], epsilon=1)",
+        hint_eps,
+    )
+    check.close(
+        check.call(target, _LABEL_B, _PRED, epsilon=1),
+        0.8333,
+        "seed example 2 (pred [[1,0],[0,1]], label [[1,1],[0,1]], epsilon=1)",
+        hint_eps,
+    )
+    check.close(
+        check.call(target, _LABEL_A, _HALF, epsilon=1),
+        0.5,
+        "soft prediction 0.5 (dice uses plain sums, no squares)",
+    )
     empty = np.zeros((2, 2, 1), np.float32)
-    check.close(check.call(target, empty, empty), 1.0,
-                "both empty with the default epsilon (eps / eps = 1, never 0/0)", hint_eps)
+    check.close(
+        check.call(target, empty, empty),
+        1.0,
+        "both empty with the default epsilon (eps / eps = 1, never 0/0)",
+        hint_eps,
+    )
     y_true, y_pred = _volumes(1, shape=(3, 2, 4))
-    check.close(check.call(target, y_true, y_pred),
-                _reference_dice(y_true, y_pred, (0, 1, 2), 1e-5),
-                "a 3x2x4 volume (4 z-slices)", "Sum over x, y and z: axis=(0, 1, 2).")
+    check.close(
+        check.call(target, y_true, y_pred),
+        _reference_dice(y_true, y_pred, (0, 1, 2), 1e-5),
+        "a 3x2x4 volume (4 z-slices)",
+        "Sum over x, y and z: axis=(0, 1, 2).",
+    )
     batch_true, batch_pred = _volumes(2, shape=(2, 3, 2, 4))
-    check.allclose(check.call(target, batch_true, batch_pred, axis=(1, 2, 3)),
-                   _reference_dice(batch_true, batch_pred, (1, 2, 3), 1e-5),
-                   "a batch of 2 volumes with axis=(1, 2, 3) (one Dice per example)", _AXIS_HINT)
-    check.close(check.call(target, y_true, y_pred, epsilon=1),
-                check.call(target, y_pred, y_true, epsilon=1),
-                "Dice is symmetric: swapping y_true and y_pred must not change it")
+    check.allclose(
+        check.call(target, batch_true, batch_pred, axis=(1, 2, 3)),
+        _reference_dice(batch_true, batch_pred, (1, 2, 3), 1e-5),
+        "a batch of 2 volumes with axis=(1, 2, 3) (one Dice per example)",
+        _AXIS_HINT,
+    )
+    check.close(
+        check.call(target, y_true, y_pred, epsilon=1),
+        check.call(target, y_pred, y_true, epsilon=1),
+        "Dice is symmetric: swapping y_true and y_pred must not change it",
+    )
     soft_true, soft_pred = _volumes(11, shape=(2, 3, 2, 4), soft=True)
-    _check_on_tensors(check, target, soft_true, soft_pred, (1, 2, 3),
-                      lambda t, p, axis: _reference_dice(t, p, axis, 1e-5, xp=_keras_ops()))
+    _check_on_tensors(
+        check,
+        target,
+        soft_true,
+        soft_pred,
+        (1, 2, 3),
+        lambda t, p, axis: _reference_dice(t, p, axis, 1e-5, xp=_keras_ops()),
+    )
     check.passed()
 
 
 def test_dice_coefficient(target):
     check = _Checker("dice_coefficient")
     y_true, y_pred = _stack(_LABEL_A, _LABEL_B), _stack(_PRED, _PRED)
-    hint = ("Sum over the spatial axes (axis=(0, 1, 2), channels-last) for each class, "
-            "then take the mean over classes.")
-    check.close(check.call(target, y_true, y_pred, epsilon=1), (0.6 + 5 / 6) / 2,
-                "two classes (Dice 0.6 and 0.8333, epsilon=1)", hint)
+    hint = (
+        "Sum over the spatial axes (axis=(0, 1, 2), channels-last) for each class, "
+        "then take the mean over classes."
+    )
+    check.close(
+        check.call(target, y_true, y_pred, epsilon=1),
+        (0.6 + 5 / 6) / 2,
+        "two classes (Dice 0.6 and 0.8333, epsilon=1)",
+        hint,
+    )
     three = _stack(_LABEL_A, _LABEL_B, np.zeros((2, 2, 1), np.float32))
-    check.close(check.call(target, three, _stack(_PRED, _PRED, _PRED), epsilon=1),
-                (0.6 + 5 / 6 + 1 / 3) / 3, "three classes, the third predicted but absent", hint)
+    check.close(
+        check.call(target, three, _stack(_PRED, _PRED, _PRED), epsilon=1),
+        (0.6 + 5 / 6 + 1 / 3) / 3,
+        "three classes, the third predicted but absent",
+        hint,
+    )
     y_true, y_pred = _volumes(3)
-    check.close(check.call(target, y_true, y_pred),
-                np.mean(_reference_dice(y_true, y_pred, (0, 1, 2), 1e-5)),
-                "three classes in a 3x2x4 volume (4 z-slices)", hint)
+    check.close(
+        check.call(target, y_true, y_pred),
+        np.mean(_reference_dice(y_true, y_pred, (0, 1, 2), 1e-5)),
+        "three classes in a 3x2x4 volume (4 z-slices)",
+        hint,
+    )
     batch_true, batch_pred = _volumes(4, shape=(2, 3, 2, 4, 3))
-    check.close(check.call(target, batch_true, batch_pred, axis=(1, 2, 3)),
-                np.mean(_reference_dice(batch_true, batch_pred, (1, 2, 3), 1e-5)),
-                "a batch (2, 3, 2, 4, 3) with axis=(1, 2, 3): the mean of the 2 x 3 per-example "
-                "per-class Dice values", _AXIS_HINT)
-    check.close(check.call(target, batch_true, batch_pred, axis=(0, 1, 2, 3)),
-                np.mean(_reference_dice(batch_true, batch_pred, (0, 1, 2, 3), 1e-5)),
-                "the same batch with axis=(0, 1, 2, 3): Dice pooled over the batch, per class, "
-                "then the mean over the 3 classes", _AXIS_HINT)
+    check.close(
+        check.call(target, batch_true, batch_pred, axis=(1, 2, 3)),
+        np.mean(_reference_dice(batch_true, batch_pred, (1, 2, 3), 1e-5)),
+        "a batch (2, 3, 2, 4, 3) with axis=(1, 2, 3): the mean of the 2 x 3 per-example "
+        "per-class Dice values",
+        _AXIS_HINT,
+    )
+    check.close(
+        check.call(target, batch_true, batch_pred, axis=(0, 1, 2, 3)),
+        np.mean(_reference_dice(batch_true, batch_pred, (0, 1, 2, 3), 1e-5)),
+        "the same batch with axis=(0, 1, 2, 3): Dice pooled over the batch, per class, "
+        "then the mean over the 3 classes",
+        _AXIS_HINT,
+    )
     soft_true, soft_pred = _volumes(12, shape=(2, 3, 2, 4, 3), soft=True)
-    _check_on_tensors(check, target, soft_true, soft_pred, (1, 2, 3),
-                      lambda t, p, axis: _keras_ops().mean(
-                          _reference_dice(t, p, axis, 1e-5, xp=_keras_ops())))
+    _check_on_tensors(
+        check,
+        target,
+        soft_true,
+        soft_pred,
+        (1, 2, 3),
+        lambda t, p, axis: _keras_ops().mean(_reference_dice(t, p, axis, 1e-5, xp=_keras_ops())),
+    )
     check.passed()
 
 
 def test_soft_dice_loss(target):
     check = _Checker("soft_dice_loss")
-    hint = ("Loss = 1 - mean over classes of (2 * sum(p * g) + eps) / "
-            "(sum(g**2) + sum(p**2) + eps): squares in the denominator, eps in both places.")
+    hint = (
+        "Loss = 1 - mean over classes of (2 * sum(p * g) + eps) / "
+        "(sum(g**2) + sum(p**2) + eps): squares in the denominator, eps in both places."
+    )
 
     def single(a):
         return a[..., None]
 
-    check.close(check.call(target, single(_LABEL_A), single(_PRED), epsilon=1), 0.4,
-                "seed test case 1", hint)
-    check.close(check.call(target, single(_LABEL_A), single(_HALF), epsilon=1), 0.4286,
-                "seed test case 2 (pred 0.5: squares make the denominator 0.5, not 1)", hint)
-    check.close(check.call(target, single(_LABEL_B), single(_PRED), epsilon=1), 0.1667,
-                "seed test case 3", hint)
-    check.close(check.call(target, _stack(_LABEL_A, _LABEL_A), _stack(_PRED, _HALF), epsilon=1),
-                1 - (0.6 + 2 / 3.5) / 2, "two classes: mean of the per-class soft Dice", hint)
+    check.close(
+        check.call(target, single(_LABEL_A), single(_PRED), epsilon=1),
+        0.4,
+        "seed test case 1",
+        hint,
+    )
+    check.close(
+        check.call(target, single(_LABEL_A), single(_HALF), epsilon=1),
+        0.4286,
+        "seed test case 2 (pred 0.5: squares make the denominator 0.5, not 1)",
+        hint,
+    )
+    check.close(
+        check.call(target, single(_LABEL_B), single(_PRED), epsilon=1),
+        0.1667,
+        "seed test case 3",
+        hint,
+    )
+    check.close(
+        check.call(target, _stack(_LABEL_A, _LABEL_A), _stack(_PRED, _HALF), epsilon=1),
+        1 - (0.6 + 2 / 3.5) / 2,
+        "two classes: mean of the per-class soft Dice",
+        hint,
+    )
     perfect = _stack(_LABEL_A, _LABEL_B)
     check.close(check.call(target, perfect, perfect), 0.0, "a perfect prediction has loss 0", hint)
     y_true, y_pred = _volumes(5, soft=True)
-    check.close(check.call(target, y_true, y_pred),
-                1 - np.mean(_reference_dice(y_true, y_pred, (0, 1, 2), 1e-5, squares=True)),
-                "probabilities in a 3x2x4x3 volume (4 z-slices)", hint)
+    check.close(
+        check.call(target, y_true, y_pred),
+        1 - np.mean(_reference_dice(y_true, y_pred, (0, 1, 2), 1e-5, squares=True)),
+        "probabilities in a 3x2x4x3 volume (4 z-slices)",
+        hint,
+    )
     batch_true, batch_pred = _volumes(6, shape=(2, 3, 2, 4, 3), soft=True)
     for axis, what in (((1, 2, 3), "per example"), ((0, 1, 2, 3), "pooled over the batch")):
-        check.close(check.call(target, batch_true, batch_pred, axis=axis),
-                    1 - np.mean(_reference_dice(batch_true, batch_pred, axis, 1e-5, squares=True)),
-                    f"a batch (2, 3, 2, 4, 3) with axis={axis} ({what})", _AXIS_HINT)
-    _check_on_tensors(check, target, batch_true, batch_pred, (0, 1, 2, 3),
-                      lambda t, p, axis: 1 - _keras_ops().mean(
-                          _reference_dice(t, p, axis, 1e-5, squares=True, xp=_keras_ops())),
-                      squares=True)
+        check.close(
+            check.call(target, batch_true, batch_pred, axis=axis),
+            1 - np.mean(_reference_dice(batch_true, batch_pred, axis, 1e-5, squares=True)),
+            f"a batch (2, 3, 2, 4, 3) with axis={axis} ({what})",
+            _AXIS_HINT,
+        )
+    _check_on_tensors(
+        check,
+        target,
+        batch_true,
+        batch_pred,
+        (0, 1, 2, 3),
+        lambda t, p, axis: (
+            1 - _keras_ops().mean(_reference_dice(t, p, axis, 1e-5, squares=True, xp=_keras_ops()))
+        ),
+        squares=True,
+    )
     check.passed()
 
 
@@ -692,12 +916,14 @@ _SENS_PRED = np.array([1, 0, 0, 1, 1, 1, 0, 0], np.float32)
 
 def _sens_spec_arrays(dtype=np.float32):
     """pred, label ``(2, 2, 2, 3)``: the class above in channel 1; channels 0 and 2 differ."""
+
     def as_volume(flat):
         return np.asarray(flat).reshape(2, 2, 2)
 
     label = np.stack([as_volume(np.ones(8)), as_volume(_SENS_LABEL), as_volume(np.eye(8)[0])], -1)
-    pred = np.stack([as_volume(np.eye(8)[0] + np.eye(8)[1]), as_volume(_SENS_PRED),
-                     as_volume(np.eye(8)[0])], -1)
+    pred = np.stack(
+        [as_volume(np.eye(8)[0] + np.eye(8)[1]), as_volume(_SENS_PRED), as_volume(np.eye(8)[0])], -1
+    )
     return pred.astype(dtype), label.astype(dtype)
 
 
@@ -710,17 +936,29 @@ def test_compute_class_sens_spec(target):
         if not isinstance(result, (tuple, list)) or len(result) != 2:
             check.fail(f"should return (sensitivity, specificity), got {_describe(result)}.")
         sensitivity, specificity = result
-        hint_channels = ("Take class class_num from the last axis: pred[..., class_num] "
-                         "(channels-last).")
-        check.close(sensitivity, 1 / 3, f"sensitivity of class 1 (TP=1, FN=2, FP=3, TN=2){kind}",
-                    "Sensitivity = TP / (TP + FN) (not precision TP / (TP + FP)). " + hint_channels)
-        check.close(specificity, 0.4, f"specificity of class 1 (TP=1, FN=2, FP=3, TN=2){kind}",
-                    "Specificity = TN / (TN + FP) (not TN / (TN + FN)). " + hint_channels)
+        hint_channels = (
+            "Take class class_num from the last axis: pred[..., class_num] (channels-last)."
+        )
+        check.close(
+            sensitivity,
+            1 / 3,
+            f"sensitivity of class 1 (TP=1, FN=2, FP=3, TN=2){kind}",
+            "Sensitivity = TP / (TP + FN) (not precision TP / (TP + FP)). " + hint_channels,
+        )
+        check.close(
+            specificity,
+            0.4,
+            f"specificity of class 1 (TP=1, FN=2, FP=3, TN=2){kind}",
+            "Specificity = TN / (TN + FP) (not TN / (TN + FN)). " + hint_channels,
+        )
         sensitivity, specificity = check.call(target, pred, label, 0)
         check.close(sensitivity, 0.25, f"sensitivity of class 0{kind}", hint_channels)
-        check.close(specificity, float("nan"),
-                    f"specificity of class 0, which has no negatives (0/0 is nan){kind}",
-                    "Compute TN / (TN + FP) with numpy so that 0/0 gives nan.")
+        check.close(
+            specificity,
+            float("nan"),
+            f"specificity of class 0, which has no negatives (0/0 is nan){kind}",
+            "Compute TN / (TN + FP) with numpy so that 0/0 gives nan.",
+        )
         sensitivity, specificity = check.call(target, pred, label, 2)
         check.close(sensitivity, 1.0, f"sensitivity of class 2 (a perfect prediction){kind}")
         check.close(specificity, 1.0, f"specificity of class 2 (a perfect prediction){kind}")
@@ -728,8 +966,12 @@ def test_compute_class_sens_spec(target):
 
 
 _SENS_SPEC_DF_HINTS = [
-    ("IndexError", None, "class_num is the index into the last axis of pred and label, which "
-     "holds the three classes only (no background): 0, 1, 2 for the three columns."),
+    (
+        "IndexError",
+        None,
+        "class_num is the index into the last axis of pred and label, which "
+        "holds the three classes only (no background): 0, 1, 2 for the three columns.",
+    ),
 ]
 
 
@@ -739,20 +981,25 @@ def test_get_sens_spec_df(target):
     with _earlier_exercises(target, "compute_class_sens_spec"):
         table = check.call(target, pred, label, hints=_SENS_SPEC_DF_HINTS)
     if list(getattr(table, "columns", [])) != list(CLASS_NAMES):
-        check.fail(f"columns should be {list(CLASS_NAMES)}, got "
-                   f"{list(getattr(table, 'columns', []))}.")
+        check.fail(
+            f"columns should be {list(CLASS_NAMES)}, got {list(getattr(table, 'columns', []))}."
+        )
     if list(getattr(table, "index", [])) != ["Sensitivity", "Specificity"]:
         check.fail(f"rows should be ['Sensitivity', 'Specificity'], got {list(table.index)}.")
     expected = dict(zip(CLASS_NAMES, [(0.25, float("nan")), (1 / 3, 0.4), (1.0, 1.0)]))
-    hint = ("Fill each column with compute_class_sens_spec(pred, label, class_num), class_num "
-            "0, 1, 2 for the three columns.")
+    hint = (
+        "Fill each column with compute_class_sens_spec(pred, label, class_num), class_num "
+        "0, 1, 2 for the three columns."
+    )
     for name, (sensitivity, specificity) in expected.items():
         check.close(table.loc["Sensitivity", name], sensitivity, f"Sensitivity of {name}", hint)
         check.close(table.loc["Specificity", name], specificity, f"Specificity of {name}", hint)
     value = check.number(table.loc["Sensitivity", "Non-Enhancing Tumor"], "Sensitivity")
     if value != round(1 / 3, 4):
-        check.fail(f"Sensitivity of Non-Enhancing Tumor is {value!r}; the table shows each value "
-                   f"rounded to 4 decimals ({round(1 / 3, 4)}): round(sensitivity, 4).")
+        check.fail(
+            f"Sensitivity of Non-Enhancing Tumor is {value!r}; the table shows each value "
+            f"rounded to 4 decimals ({round(1 / 3, 4)}): round(sensitivity, 4)."
+        )
     check.passed()
 
 
@@ -806,33 +1053,47 @@ def test_train_step(target):
     if loss is None:
         check.fail("returned None: return the batch's loss.")
     if np.shape(np.asarray(loss)) != ():
-        check.fail(f"should return one number for the batch, got shape {np.shape(np.asarray(loss))}"
-                   f": pool the soft Dice loss over the batch, soft_dice_loss(y, probabilities, "
-                   f"axis=(0, 1, 2, 3)).")
+        check.fail(
+            f"should return one number for the batch, got shape {np.shape(np.asarray(loss))}"
+            f": pool the soft Dice loss over the batch, soft_dice_loss(y, probabilities, "
+            f"axis=(0, 1, 2, 3))."
+        )
     loss = float(np.asarray(loss))
     after_loss = _reference_step(_copy_of(model), x, y, 0.0)
     weights = model.get_weights()
     if all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_variables)):
-        check.fail("the weights did not change: apply the gradients with "
-                   "optimizer.apply_gradients(zip(gradients, model.trainable_variables)).")
+        check.fail(
+            "the weights did not change: apply the gradients with "
+            "optimizer.apply_gradients(zip(gradients, model.trainable_variables))."
+        )
     if not np.isclose(loss, expected, atol=1e-5):
         if np.isclose(loss, evaluation_loss, atol=1e-5):
-            check.fail(f"returned {loss:.5f}, the loss of the model in inference mode; the forward "
-                       f"pass of a training step runs in training mode (model(x, training=True)), "
-                       f"expected {expected:.5f}.")
+            check.fail(
+                f"returned {loss:.5f}, the loss of the model in inference mode; the forward "
+                f"pass of a training step runs in training mode (model(x, training=True)), "
+                f"expected {expected:.5f}."
+            )
         if np.isclose(loss, per_example_loss, atol=1e-5):
-            check.fail(f"returned {loss:.5f}, the loss averaged per example; training pools the "
-                       f"batch: soft_dice_loss(y, probabilities, axis=(0, 1, 2, 3)), expected "
-                       f"{expected:.5f}.")
+            check.fail(
+                f"returned {loss:.5f}, the loss averaged per example; training pools the "
+                f"batch: soft_dice_loss(y, probabilities, axis=(0, 1, 2, 3)), expected "
+                f"{expected:.5f}."
+            )
         if np.isclose(loss, after_loss, atol=1e-5):
-            check.fail(f"returned {loss:.5f}, the loss after the update; return the loss computed "
-                       f"before apply_gradients, expected {expected:.5f}.")
-        check.fail(f"returned loss {loss:.5f}, expected {expected:.5f} (the soft Dice loss of "
-                   f"model(x, training=True) pooled over the batch, axis=(0, 1, 2, 3)).")
+            check.fail(
+                f"returned {loss:.5f}, the loss after the update; return the loss computed "
+                f"before apply_gradients, expected {expected:.5f}."
+            )
+        check.fail(
+            f"returned loss {loss:.5f}, expected {expected:.5f} (the soft Dice loss of "
+            f"model(x, training=True) pooled over the batch, axis=(0, 1, 2, 3))."
+        )
     if not all(np.allclose(a, b, atol=1e-5) for a, b in zip(weights, reference.get_weights())):
-        check.fail("the weights after one step differ from one optimizer step down the gradient of "
-                   "the pooled soft Dice loss: take tape.gradient(loss, model.trainable_variables) "
-                   "and apply it once with the optimizer you were given.")
+        check.fail(
+            "the weights after one step differ from one optimizer step down the gradient of "
+            "the pooled soft Dice loss: take tape.gradient(loss, model.trainable_variables) "
+            "and apply it once with the optimizer you were given."
+        )
     check.passed()
 
 
@@ -847,14 +1108,30 @@ def _copy_of(model):
 # ----------------------------------------------------------------------------- 06: whole scans
 
 
-_WINDOW_CASES = [(240, 160, 0.25), (155, 16, 0.25), (100, 32, 0.0), (96, 32, 0.0),
-                 (50, 10, 0.25), (40, 10, 0.5), (16, 16, 0.5), (10, 16, 0.25), (20, 16, 0.99)]
+_WINDOW_CASES = [
+    (240, 160, 0.25),
+    (155, 16, 0.25),
+    (100, 32, 0.0),
+    (96, 32, 0.0),
+    (50, 10, 0.25),
+    (40, 10, 0.5),
+    (16, 16, 0.5),
+    (10, 16, 0.25),
+    (20, 16, 0.99),
+]
 _STRIDE = "max(1, int(window * (1 - overlap)))"
 _WINDOW_HINTS = [
-    ("ValueError", "must not be zero", f"A stride of 0: for an overlap close to 1, window * (1 - "
-     f"overlap) is below 1, so take at least 1: stride = {_STRIDE}"),
-    ("TypeError", "float", f"range() takes whole numbers: the stride is {_STRIDE}, rounded down "
-     f"to an int"),
+    (
+        "ValueError",
+        "must not be zero",
+        f"A stride of 0: for an overlap close to 1, window * (1 - "
+        f"overlap) is below 1, so take at least 1: stride = {_STRIDE}",
+    ),
+    (
+        "TypeError",
+        "float",
+        f"range() takes whole numbers: the stride is {_STRIDE}, rounded down to an int",
+    ),
 ]
 
 
@@ -868,27 +1145,37 @@ def _window_plan_problem(starts: list[int], length: int, window: int, overlap: f
     if not starts or starts[0] != 0:
         return "the first window starts at 0"
     if any(b <= a for a, b in zip(starts, starts[1:])):
-        return ("each start once, in increasing order (when the stride fits exactly, "
-                "range(0, length - window, stride) already stops before the last start)")
+        return (
+            "each start once, in increasing order (when the stride fits exactly, "
+            "range(0, length - window, stride) already stops before the last start)"
+        )
     if starts[-1] + window > length:
-        return (f"the window at {starts[-1]} reaches past the end of the axis: the last window "
-                f"starts at length - window = {length - window}")
+        return (
+            f"the window at {starts[-1]} reaches past the end of the axis: the last window "
+            f"starts at length - window = {length - window}"
+        )
     covered = np.zeros(length, bool)
     for start in starts:
-        covered[start:start + window] = True
+        covered[start : start + window] = True
     if not covered.all():
         missed = np.flatnonzero(~covered)
         if starts[-1] + window < length:
-            return (f"voxels {missed[0]} to {length - 1} are in no window: the last window must "
-                    f"end at the last voxel, so it starts at length - window = {length - window}")
-        return (f"voxels {missed[0]} to {missed[-1]} fall between windows: the stride is "
-                f"{_STRIDE}, the window minus the part its neighbour overlaps")
+            return (
+                f"voxels {missed[0]} to {length - 1} are in no window: the last window must "
+                f"end at the last voxel, so it starts at length - window = {length - window}"
+            )
+        return (
+            f"voxels {missed[0]} to {missed[-1]} fall between windows: the stride is "
+            f"{_STRIDE}, the window minus the part its neighbour overlaps"
+        )
     stride = max(1, int(window * (1 - overlap)))
     steps = np.diff(starts)
     if (steps[:-1] != stride).any() or not 0 < steps[-1] <= stride:
-        return (f"neighbouring starts are {sorted(set(steps.tolist()))} apart; the stride is "
-                f"{_STRIDE} = {stride}, the window minus the part its neighbour overlaps (only "
-                f"the last step, to length - window, may be shorter)")
+        return (
+            f"neighbouring starts are {sorted(set(steps.tolist()))} apart; the stride is "
+            f"{_STRIDE} = {stride}, the window minus the part its neighbour overlaps (only "
+            f"the last step, to length - window, may be shorter)"
+        )
     return None
 
 
@@ -896,8 +1183,14 @@ def test_window_starts(target):
     check = _Checker("window_starts")
     for length, window, overlap in _WINDOW_CASES:
         call = f"window_starts({length}, {window}, {overlap})"
-        result = check.call(target, length, window, overlap, hints=_WINDOW_HINTS,
-                            time_limit=min(SECONDS_PER_CALL, 10))
+        result = check.call(
+            target,
+            length,
+            window,
+            overlap,
+            hints=_WINDOW_HINTS,
+            time_limit=min(SECONDS_PER_CALL, 10),
+        )
         try:
             starts = [int(s) for s in result]
         except TypeError:
@@ -911,14 +1204,14 @@ def test_window_starts(target):
 def _label_map_probabilities() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """probabilities (2, 2, 2, 3) and the expected label maps at thresholds 0.5 and 0.3."""
     voxels = [
-        ([0.9, 0.2, 0.1], 1, 1),    # one class above the threshold
-        ([0.9, 0.7, 0.1], 1, 1),    # two above: the most probable wins, not the last channel
-        ([0.2, 0.6, 0.55], 2, 2),   # two above, the middle channel most probable
+        ([0.9, 0.2, 0.1], 1, 1),  # one class above the threshold
+        ([0.9, 0.7, 0.1], 1, 1),  # two above: the most probable wins, not the last channel
+        ([0.2, 0.6, 0.55], 2, 2),  # two above, the middle channel most probable
         ([0.1, 0.2, 0.8], 3, 3),
-        ([0.5, 0.5, 0.5], 0, 1),    # exactly at the threshold: not above it; at 0.3: argmax 0
-        ([0.1, 0.2, 0.35], 0, 3),   # below 0.5, above 0.3
+        ([0.5, 0.5, 0.5], 0, 1),  # exactly at the threshold: not above it; at 0.3: argmax 0
+        ([0.1, 0.2, 0.35], 0, 3),  # below 0.5, above 0.3
         ([0.0, 0.0, 0.0], 0, 0),
-        ([0.45, 0.3, 0.2], 0, 1),   # below 0.5; at 0.3 only channel 0 is above
+        ([0.45, 0.3, 0.2], 0, 1),  # below 0.5; at 0.3 only channel 0 is above
     ]
     probabilities = np.array([v[0] for v in voxels], np.float32).reshape(2, 2, 2, 3)
     at_half = np.array([v[1] for v in voxels], np.uint8).reshape(2, 2, 2)
@@ -933,29 +1226,43 @@ def test_to_label_map(target):
     if result is None:
         check.fail("returned None: return the label map.")
     result = np.asarray(result)
-    check.shape(result, (2, 2, 2), "the label map of (2, 2, 2, 3) probabilities",
-                "One label per voxel: reduce the last axis (axis=-1).")
+    check.shape(
+        result,
+        (2, 2, 2),
+        "the label map of (2, 2, 2, 3) probabilities",
+        "One label per voxel: reduce the last axis (axis=-1).",
+    )
     if result.dtype != np.uint8:
-        check.fail(f"the label map should be uint8, like the labels on disk, got {result.dtype}: "
-                   f".astype(np.uint8).")
+        check.fail(
+            f"the label map should be uint8, like the labels on disk, got {result.dtype}: "
+            f".astype(np.uint8)."
+        )
     flat, want = result.ravel().tolist(), at_half.ravel().tolist()
     if flat != want:
         if flat[4] != 0:
-            check.fail(f"a voxel whose highest probability is exactly the threshold (0.5) got "
-                       f"label {flat[4]}: only probabilities strictly above the threshold count "
-                       f"(>, not >=).")
+            check.fail(
+                f"a voxel whose highest probability is exactly the threshold (0.5) got "
+                f"label {flat[4]}: only probabilities strictly above the threshold count "
+                f"(>, not >=)."
+            )
         if flat[1] == 2:
-            check.fail("a voxel with edema 0.9 and non-enhancing 0.7 got label 2: take the channel "
-                       "of highest probability (np.argmax over the last axis), not the last one "
-                       "above the threshold.")
+            check.fail(
+                "a voxel with edema 0.9 and non-enhancing 0.7 got label 2: take the channel "
+                "of highest probability (np.argmax over the last axis), not the last one "
+                "above the threshold."
+            )
         if flat[0] == 0 and flat[3] == 2:
-            check.fail(f"labels are off by one (got {flat}, expected {want}): channel 0 is label "
-                       f"1 (edema), so add 1 to the argmax.")
+            check.fail(
+                f"labels are off by one (got {flat}, expected {want}): channel 0 is label "
+                f"1 (edema), so add 1 to the argmax."
+            )
         check.fail(f"expected labels {want} (voxel by voxel), got {flat}.")
     result = np.asarray(check.call(target, probabilities, threshold=0.3))
     if result.ravel().tolist() != at_03.ravel().tolist():
-        check.fail(f"with threshold=0.3 expected {at_03.ravel().tolist()}, got "
-                   f"{result.ravel().tolist()}: use the threshold argument, not a fixed 0.5.")
+        check.fail(
+            f"with threshold=0.3 expected {at_03.ravel().tolist()}, got "
+            f"{result.ravel().tolist()}: use the threshold argument, not a fixed 0.5."
+        )
     check.passed()
 
 

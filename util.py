@@ -49,8 +49,10 @@ def make_synthetic_dataset(folder: str | Path, cases: int, seed: int) -> None:
     def written() -> int:
         return sum(not p.name.startswith(".") for p in labels.glob("*.nii.gz"))
 
-    with ThreadPoolExecutor(1) as pool, tqdm(total=cases, desc="synthetic cases",
-                                             unit="case") as bar:
+    with (
+        ThreadPoolExecutor(1) as pool,
+        tqdm(total=cases, desc="synthetic cases", unit="case") as bar,
+    ):
         job = pool.submit(write_dataset, folder, cases=cases, seed=seed, progress=False)
         while not job.done():
             time.sleep(1)
@@ -67,8 +69,9 @@ def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     return figures_take_slice(volume, plane, index)
 
 
-def render_png(grey: np.ndarray, label: np.ndarray | None = None, opacity: float = 0.5,
-               scale: int = 2) -> bytes:
+def render_png(
+    grey: np.ndarray, label: np.ndarray | None = None, opacity: float = 0.5, scale: int = 2
+) -> bytes:
     """PNG bytes of a 0..1 grey slice with the label's colours blended in (nearest-neighbour
     upscaled ``scale`` times). Pure numpy + Pillow: a few milliseconds."""
     from PIL import Image
@@ -90,8 +93,13 @@ class SliceViewer:
     controls.
     """
 
-    def __init__(self, image: np.ndarray, label: np.ndarray | None = None,
-                 labels: dict[str, np.ndarray] | None = None, scale: int = 2):
+    def __init__(
+        self,
+        image: np.ndarray,
+        label: np.ndarray | None = None,
+        labels: dict[str, np.ndarray] | None = None,
+        scale: int = 2,
+    ):
         import ipywidgets as widgets
 
         self.image = image
@@ -100,20 +108,27 @@ class SliceViewer:
         # Each sequence is normalised once over the whole volume, so slices compare.
         self.normalised = [normalise(image[..., c]) for c in range(image.shape[-1])]
         tumour = next((m for m in self.labels.values() if m is not None and m.any()), None)
-        start = int(np.argmax((tumour > 0).sum(axis=(0, 1)))) if tumour is not None \
+        start = (
+            int(np.argmax((tumour > 0).sum(axis=(0, 1))))
+            if tumour is not None
             else image.shape[2] // 2
+        )
         self.plane = widgets.Dropdown(options=list(PLANES), value="axial", description="plane")
-        self.slice = widgets.IntSlider(value=start, min=0, max=image.shape[2] - 1,
-                                       description="slice", continuous_update=True)
-        self.sequence = widgets.Dropdown(options=list(CHANNELS), value="FLAIR",
-                                         description="sequence")
+        self.slice = widgets.IntSlider(
+            value=start, min=0, max=image.shape[2] - 1, description="slice", continuous_update=True
+        )
+        self.sequence = widgets.Dropdown(
+            options=list(CHANNELS), value="FLAIR", description="sequence"
+        )
         self.show_labels = widgets.Checkbox(value=True, description="label overlay")
-        self.opacity = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05,
-                                           description="opacity")
+        self.opacity = widgets.FloatSlider(
+            value=0.5, min=0, max=1, step=0.05, description="opacity"
+        )
         self.images = {name: widgets.Image(format="png") for name in self.labels}
         panels = [widgets.VBox([widgets.Label(name), view]) for name, view in self.images.items()]
-        controls = widgets.VBox([self.plane, self.slice, self.sequence, self.show_labels,
-                                 self.opacity])
+        controls = widgets.VBox(
+            [self.plane, self.slice, self.sequence, self.show_labels, self.opacity]
+        )
         self.widget = widgets.VBox([controls, widgets.HBox(panels)])
         self.plane.observe(self._plane_changed, names="value")
         for control in (self.slice, self.sequence, self.show_labels, self.opacity):
@@ -161,8 +176,9 @@ def plot_image_grid(image: np.ndarray, label: np.ndarray | None = None):
         centre = [int(np.mean(i)) for i in np.nonzero(label)]
     rows = list(PLANES)
     columns = len(CHANNELS) + (label is not None)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 2.6 * len(rows)),
-                             facecolor="black")
+    fig, axes = plt.subplots(
+        len(rows), columns, figsize=(2.6 * columns, 2.6 * len(rows)), facecolor="black"
+    )
     for r, plane in enumerate(rows):
         index = centre[PLANES[plane]]
         for c, name in enumerate(CHANNELS):
@@ -174,14 +190,16 @@ def plot_image_grid(image: np.ndarray, label: np.ndarray | None = None):
             axes[r, -1].set_title(f"labels, {plane}", color="white", fontsize=9)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False,
-               labelcolor="white")
+    fig.legend(
+        handles=legend_handles(), loc="lower center", ncol=3, frameon=False, labelcolor="white"
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
-def visualize_data_gif(image: np.ndarray, label: np.ndarray, path: str | Path = "case.gif",
-                       step: int = 3) -> Path:
+def visualize_data_gif(
+    image: np.ndarray, label: np.ndarray, path: str | Path = "case.gif", step: int = 3
+) -> Path:
     """An animated GIF sweeping through the three axes side by side (FLAIR with the labels);
     returns its path. Show it with ``IPython.display.Image(filename=path)``."""
     from PIL import Image
@@ -195,7 +213,7 @@ def visualize_data_gif(image: np.ndarray, label: np.ndarray, path: str | Path = 
             index = min(int(t * sizes[PLANES[plane]]), sizes[PLANES[plane]] - 1)
             rgb = overlay(take_slice(grey, plane, index), take_slice(label, plane, index), 0.5)
             panel = np.zeros((max(sizes), max(sizes), 3))
-            panel[:rgb.shape[0], :rgb.shape[1]] = rgb
+            panel[: rgb.shape[0], : rgb.shape[1]] = rgb
             panels.append(panel)
         frames.append(Image.fromarray((np.hstack(panels) * 255).astype(np.uint8)))
     path = Path(path)
@@ -221,8 +239,9 @@ def visualize_patch(X: np.ndarray, y: np.ndarray, z: int | None = None):
     return fig
 
 
-def visualize_patch_prediction(X: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
-                               z: int | None = None):
+def visualize_patch_prediction(
+    X: np.ndarray, truth: np.ndarray, prediction: np.ndarray, z: int | None = None
+):
     """A patch ``X (px, py, pz, 4)``, its label ``truth`` and a ``prediction`` (both one-hot
     ``(px, py, pz, 3)``) side by side: FLAIR of slice ``z``, the truth and the prediction as
     colours (the seed's patch prediction view)."""
@@ -232,8 +251,10 @@ def visualize_patch_prediction(X: np.ndarray, truth: np.ndarray, prediction: np.
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     axes[0].imshow(to_display(X[:, :, z, 0]), cmap="gray")
     axes[0].set_title(f"FLAIR (standardised), z = {z}")
-    for ax, one_hot, title in ((axes[1], truth, "ground truth"),
-                               (axes[2], prediction, "prediction")):
+    for ax, one_hot, title in (
+        (axes[1], truth, "ground truth"),
+        (axes[2], prediction, "prediction"),
+    ):
         ax.imshow(to_display(np.clip(one_hot[:, :, z, :], 0, 1) @ LABEL_COLOURS[1:]))
         ax.set_title(title)
     for ax in axes:
@@ -242,8 +263,9 @@ def visualize_patch_prediction(X: np.ndarray, truth: np.ndarray, prediction: np.
     return fig
 
 
-def plot_truth_and_prediction(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
-                              z: int | None = None):
+def plot_truth_and_prediction(
+    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, z: int | None = None
+):
     """A whole scan's axial slice ``z`` (default: the one with most tumour in ``truth``): FLAIR
     with the ground truth beside FLAIR with the prediction (the seed's whole-scan view).
     image ``(x, y, z, 4)``; truth, prediction label maps ``(x, y, z)``."""
@@ -282,6 +304,7 @@ def tumour_region(label: np.ndarray, window: tuple[int, int, int]) -> tuple[slic
 
 # ----------------------------------------------------------------------------- the learner's code
 
+
 class NotSolvedYet(Exception):
     """An earlier exercise the notebook needs is unsolved or fails its check. Shown as its one
     line in a notebook (no traceback)."""
@@ -293,9 +316,11 @@ class NotSolvedYet(Exception):
 def solution_cells(notebook: str | Path) -> list[str]:
     """The sources of a notebook's exercise cells (nbgrader ``solution`` cells), in order."""
     cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
-    return ["".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            for cell in cells
-            if cell["cell_type"] == "code" and cell["metadata"].get("nbgrader", {}).get("solution")]
+    return [
+        "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        for cell in cells
+        if cell["cell_type"] == "code" and cell["metadata"].get("nbgrader", {}).get("solution")
+    ]
 
 
 def _registered(source: str, name: str) -> str:
@@ -333,8 +358,9 @@ def _check_quietly(name: str, function) -> str | None:
     return None
 
 
-def learner_functions(*names: str, folder=None, use_library_fallback: bool = False,
-                      namespace: dict | None = None) -> SimpleNamespace:
+def learner_functions(
+    *names: str, folder=None, use_library_fallback: bool = False, namespace: dict | None = None
+) -> SimpleNamespace:
     """The learner's own functions ``names`` from the earlier notebooks of the course.
 
     Each exercise's notebook (``public_tests.EXERCISES``) is found in ``folder`` (default: the
@@ -357,24 +383,30 @@ def learner_functions(*names: str, folder=None, use_library_fallback: bool = Fal
         except FileNotFoundError:
             loaded[notebook] = f"{path.name} is not in {folder}"
         except Exception as error:  # the learner's cell does not run
-            loaded[notebook] = (f"its exercise cells in {path.name} raise "
-                                f"{type(error).__name__}: {error}")
+            loaded[notebook] = (
+                f"its exercise cells in {path.name} raise {type(error).__name__}: {error}"
+            )
     functions = {}
     for name in names:
         notebook = public_tests.EXERCISES[name].notebook
         problem = loaded[notebook]
         if problem is None:
             function = namespace.get(name)
-            problem = (f"{notebook}.ipynb defines no function {name}" if not callable(function)
-                       else _check_quietly(name, function))
+            problem = (
+                f"{notebook}.ipynb defines no function {name}"
+                if not callable(function)
+                else _check_quietly(name, function)
+            )
         if problem is None:
             functions[name] = namespace[name]
             continue
         where = f"{name} ({notebook})"
         if not use_library_fallback:
-            raise NotSolvedYet(f"{where} is not solved yet: {problem}. Finish it there, or set "
-                               f"USE_LIBRARY_FALLBACK = True in the parameters cell to go on with "
-                               f"the library's version.")
+            raise NotSolvedYet(
+                f"{where} is not solved yet: {problem}. Finish it there, or set "
+                f"USE_LIBRARY_FALLBACK = True in the parameters cell to go on with "
+                f"the library's version."
+            )
         print(f"{where}: {problem}; using the library's version, as USE_LIBRARY_FALLBACK asks.")
         functions[name] = namespace[name] = public_tests.library_version(name)
     return SimpleNamespace(**functions)

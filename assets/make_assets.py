@@ -20,8 +20,11 @@ sys.path.insert(0, str(ROOT))  # util.py, the notebooks' helpers, lives in the p
 import util  # noqa: E402
 
 
-def make_assets(folder: str | Path = ROOT / "assets", run: str | Path = ROOT / "runs" / "cpu",
-                held_out: str | Path = ROOT / "data" / "synthetic-test") -> list[Path]:
+def make_assets(
+    folder: str | Path = ROOT / "assets",
+    run: str | Path = ROOT / "runs" / "cpu",
+    held_out: str | Path = ROOT / "data" / "synthetic-test",
+) -> list[Path]:
     """Regenerate the README's pictures with the project's own code (``make assets``).
 
     The trained-model pictures (curves, prediction beside truth) need a run from ``make run``.
@@ -39,8 +42,9 @@ def make_assets(folder: str | Path = ROOT / "assets", run: str | Path = ROOT / "
     folder.mkdir(parents=True, exist_ok=True)
     image, label = synthesize_case(seed=0, index=3)
     figures = {
-        "synthetic_case.png": plot_case(image, label,
-                                        title="synthetic phantom case (seed 0, case 4)"),
+        "synthetic_case.png": plot_case(
+            image, label, title="synthetic phantom case (seed 0, case 4)"
+        ),
         "image_grid.png": util.plot_image_grid(image, label),
         "unet.png": draw_unet(),
         "randomisations.png": plot_randomisations(),
@@ -50,8 +54,7 @@ def make_assets(folder: str | Path = ROOT / "assets", run: str | Path = ROOT / "
     figures["patch.png"] = util.visualize_patch(standardize(X), y)
     written = []
     for name, figure in figures.items():
-        figure.savefig(folder / name, dpi=80, bbox_inches="tight",
-                       facecolor=figure.get_facecolor())
+        figure.savefig(folder / name, dpi=80, bbox_inches="tight", facecolor=figure.get_facecolor())
         plt.close(figure)
         written.append(folder / name)
     written.append(util.visualize_data_gif(image, label, folder / "case.gif", step=5))

@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import sys
 
-from . import (bench_ablation, bench_calibration, bench_inference, bench_model, bench_patches,
-               bench_synthesis, bench_transfer, bench_viewer)
+from . import (
+    bench_ablation,
+    bench_calibration,
+    bench_inference,
+    bench_model,
+    bench_patches,
+    bench_synthesis,
+    bench_transfer,
+    bench_viewer,
+)
 
 BENCHMARKS = {
     "patches": (bench_patches.sampling, bench_patches.report_sampling),

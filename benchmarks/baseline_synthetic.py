@@ -9,10 +9,24 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from tumorseg.synthetic import (CHANNELS, COMPARTMENTS, CONTRAST, DEFAULT, SHAPE, Randomisation,
-                                _anatomy_box, _erfinv, _log_uniform, _mass_effect, _rotation,
-                                _two_sided, draw_contrast, mni_anatomy, resolve_generator,
-                                thick_slices)
+from tumorseg.synthetic import (
+    CHANNELS,
+    COMPARTMENTS,
+    CONTRAST,
+    DEFAULT,
+    SHAPE,
+    Randomisation,
+    _anatomy_box,
+    _erfinv,
+    _log_uniform,
+    _mass_effect,
+    _rotation,
+    _two_sided,
+    draw_contrast,
+    mni_anatomy,
+    resolve_generator,
+    thick_slices,
+)
 
 
 def smooth_field(shape: tuple[int, ...], scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -27,8 +41,12 @@ def smooth_field(shape: tuple[int, ...], scale: float, rng: np.random.Generator)
     return field[tuple(slice(0, s) for s in shape)]
 
 
-def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generator,
-                  randomisation: Randomisation = DEFAULT) -> dict:
+def _warp_anatomy(
+    anatomy: dict,
+    box: tuple[slice, ...],
+    rng: np.random.Generator,
+    randomisation: Randomisation = DEFAULT,
+) -> dict:
     """Tissue maps ``(bx, by, bz)`` inside ``box`` after a random affine (rotation about three
     axes, scaling per axis) and a smooth deformation of random strength and scale."""
     shape = tuple(s.stop - s.start for s in box)
@@ -42,34 +60,46 @@ def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generato
     for axis in range(3):
         coords[axis] += strength * smooth_field(shape, scale, rng).ravel()
         coords[axis] += box[axis].start
-    warped = {name: ndimage.map_coordinates(anatomy[name], coords, order=1).reshape(shape)
-              for name in ("t1", "grey", "white", "brain")}
+    warped = {
+        name: ndimage.map_coordinates(anatomy[name], coords, order=1).reshape(shape)
+        for name in ("t1", "grey", "white", "brain")
+    }
     # Linear interpolation commutes with sums: the CSF map needs no warp of its own.
     warped["csf"] = np.clip(warped["brain"] - warped["grey"] - warped["white"], 0, 1)
     return warped
 
 
-def bias_field(shape: tuple[int, int, int], strength: float,
-               rng: np.random.Generator) -> np.ndarray:
+def bias_field(
+    shape: tuple[int, int, int], strength: float, rng: np.random.Generator
+) -> np.ndarray:
     """A smooth multiplicative field ``(x, y, z)`` around 1: ``exp(strength * smooth field)``."""
     return np.exp(strength * smooth_field(shape, 60, rng)).astype(np.float32)
 
 
-def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Generator,
-           randomisation: Randomisation) -> tuple[tuple[slice, ...], dict[str, np.ndarray]]:
+def _focus(
+    tissue: dict,
+    centre: np.ndarray,
+    radius: float,
+    rng: np.random.Generator,
+    randomisation: Randomisation,
+) -> tuple[tuple[slice, ...], dict[str, np.ndarray]]:
     """One tumour focus: its box and soft compartments (fractions 0..1) of edema,
     non-enhancing tumour, necrosis, cyst and enhancing tumour inside it."""
     shape = tissue["white"].shape
     reach = min(rng.uniform(1.3, 3.2), 35.0 / radius)  # edema extent along white matter, in radii
     irregularity = rng.uniform(*randomisation.irregularity)
     half = int(2.5 * reach * radius * (1 + irregularity)) + 6
-    box = tuple(slice(max(0, int(c) - half), min(s, int(c) + half + 1))
-                for c, s in zip(centre, shape))
+    box = tuple(
+        slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape)
+    )
     local = tuple(np.arange(s.start, s.stop, dtype=np.float32) for s in box)
     axes = radius * rng.uniform(0.7, 1.3, 3)
     offsets = [(g - c) / a for g, c, a in zip(local, centre, axes)]
-    distance = np.sqrt(offsets[0][:, None, None] ** 2 + offsets[1][None, :, None] ** 2
-                       + offsets[2][None, None, :] ** 2)
+    distance = np.sqrt(
+        offsets[0][:, None, None] ** 2
+        + offsets[1][None, :, None] ** 2
+        + offsets[2][None, None, :] ** 2
+    )
     box_shape = distance.shape
     coarse = np.clip(smooth_field(box_shape, max(4.0, radius * 0.8), rng), -2, 2)
     fine = np.clip(smooth_field(box_shape, max(2.0, radius * 0.3), rng), -2, 2)
@@ -93,18 +123,24 @@ def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Gener
 
     white = tissue["white"][box]
     tissue_in_box = white + tissue["grey"][box]
-    spread = (1 + (reach - 1) * white) * (1 + 0.15 * np.clip(smooth_field(box_shape, 6, rng),
-                                                              -2, 2))
+    spread = (1 + (reach - 1) * white) * (
+        1 + 0.15 * np.clip(smooth_field(box_shape, 6, rng), -2, 2)
+    )
     edema = np.clip(1 / (1 + np.exp(np.clip((distance - spread) / edge, -30, 30))) - tumour, 0, 1)
     edema *= np.clip(tissue_in_box * 1.2, 0, 1)
     zero = np.zeros_like(tumour)
-    return box, {"edema": edema, "non_enhancing": non_enhancing,
-                 "necrosis": zero if cystic else core, "cyst": core if cystic else zero,
-                 "enhancing": enhancing}
+    return box, {
+        "edema": edema,
+        "non_enhancing": non_enhancing,
+        "necrosis": zero if cystic else core,
+        "cyst": core if cystic else zero,
+        "enhancing": enhancing,
+    }
 
 
-def _tumour(tissue: dict, rng: np.random.Generator,
-            randomisation: Randomisation = DEFAULT) -> dict[str, np.ndarray]:
+def _tumour(
+    tissue: dict, rng: np.random.Generator, randomisation: Randomisation = DEFAULT
+) -> dict[str, np.ndarray]:
     """Soft compartments ``(bx, by, bz)`` (fractions 0..1, summing to at most 1) of edema,
     non-enhancing tumour, necrosis, cyst and enhancing tumour: one to a few foci, the first at a
     random place in deep white matter with mass effect on the anatomy (``tissue`` changes)."""
@@ -133,8 +169,9 @@ def _tumour(tissue: dict, rng: np.random.Generator,
     return full
 
 
-def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = DEFAULT
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def synthesize_case(
+    seed: int, index: int, randomisation: Randomisation | str = DEFAULT
+) -> tuple[np.ndarray, np.ndarray]:
     """Phantom case ``index`` of dataset ``seed``, drawn with ``randomisation`` (a
     :class:`Randomisation` or a name in :data:`GENERATORS`).
 
@@ -154,11 +191,22 @@ def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = 
     normal = np.clip(1 - lesion, 0, 1)
     # Vessels and dura: a random share of the sulcal CSF, in thin smooth patches.
     vessel_share = rng.uniform(*randomisation.vessels)
-    vessel = tissue["csf"] * normal * (smooth_field(normal.shape, 2, rng)
-                                       > np.sqrt(2) * _erfinv(1 - 2 * vessel_share))
-    fractions = [tissue["csf"] * normal - vessel, tissue["grey"] * normal,
-                 tissue["white"] * normal, tumour["edema"], tumour["non_enhancing"],
-                 tumour["necrosis"], tumour["enhancing"], tumour["cyst"], vessel]
+    vessel = (
+        tissue["csf"]
+        * normal
+        * (smooth_field(normal.shape, 2, rng) > np.sqrt(2) * _erfinv(1 - 2 * vessel_share))
+    )
+    fractions = [
+        tissue["csf"] * normal - vessel,
+        tissue["grey"] * normal,
+        tissue["white"] * normal,
+        tumour["edema"],
+        tumour["non_enhancing"],
+        tumour["necrosis"],
+        tumour["enhancing"],
+        tumour["cyst"],
+        vessel,
+    ]
     contrast = draw_contrast(rng, randomisation)
     # The template's own T1 texture (deep nuclei, cortex detail) beyond the tissue mix.
     t1_mix = sum(f * c for f, c in zip(fractions[:3], CONTRAST[:3, 1]))
@@ -166,9 +214,12 @@ def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = 
     detail_weight = (0.4, 1.0, 0.9, -0.4)
     brain = tissue["brain"]
     box_shape = brain.shape
-    texture = 1 + (rng.uniform(*randomisation.texture) * smooth_field(box_shape, 2, rng) * normal
-                   + rng.uniform(*randomisation.tumour_texture) * smooth_field(box_shape, 3, rng)
-                   * (lesion > 0.01))
+    texture = 1 + (
+        rng.uniform(*randomisation.texture) * smooth_field(box_shape, 2, rng) * normal
+        + rng.uniform(*randomisation.tumour_texture)
+        * smooth_field(box_shape, 3, rng)
+        * (lesion > 0.01)
+    )
 
     image = np.zeros(SHAPE + (len(CHANNELS),), np.float32)
     for channel in range(len(CHANNELS)):
@@ -179,23 +230,30 @@ def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = 
             signal = ndimage.gaussian_filter(signal, sigma)
         thick = rng.random() < randomisation.thick_slice_chance  # every draw made either way
         axis = 2 if rng.random() < 0.6 else int(rng.integers(2))
-        thickness = int(rng.integers(randomisation.slice_thickness[0],
-                                     randomisation.slice_thickness[1] + 1))
+        thickness = int(
+            rng.integers(randomisation.slice_thickness[0], randomisation.slice_thickness[1] + 1)
+        )
         phase = int(rng.integers(thickness))
         if thick:
             signal = thick_slices(signal, axis, thickness, phase)
         signal = signal * bias_field(box_shape, rng.uniform(*randomisation.bias), rng)
         noise = rng.uniform(*randomisation.noise)
-        noisy = np.hypot(signal + noise * rng.standard_normal(box_shape, np.float32),
-                         noise * rng.standard_normal(box_shape, np.float32))
+        noisy = np.hypot(
+            signal + noise * rng.standard_normal(box_shape, np.float32),
+            noise * rng.standard_normal(box_shape, np.float32),
+        )
         noisy = noisy ** float(_two_sided(rng, randomisation.gamma))
         scale = _log_uniform(rng, randomisation.scale)
         image[box + (channel,)] = np.round(noisy * brain * scale) * (brain > 0.5)
 
-    classes = np.stack([normal, tumour["edema"],
-                        tumour["non_enhancing"] + tumour["necrosis"] + tumour["cyst"],
-                        tumour["enhancing"]])
+    classes = np.stack(
+        [
+            normal,
+            tumour["edema"],
+            tumour["non_enhancing"] + tumour["necrosis"] + tumour["cyst"],
+            tumour["enhancing"],
+        ]
+    )
     label = np.zeros(SHAPE, np.uint8)
     label[box] = np.argmax(classes, axis=0).astype(np.uint8) * (brain > 0.5)
     return image, label
-

@@ -58,36 +58,60 @@ class Variant:
 
 VARIANTS = {
     "default": Variant("radius 8-24 mm, no patch gamma/bias/blur (the defaults now)"),
-    "before": Variant("radius 3-24 mm, patch gamma/bias/blur 0.3/0.2/0.8 (the defaults before)",
-                      {"radius": (3.0, 24.0)}, STRONG),
+    "before": Variant(
+        "radius 3-24 mm, patch gamma/bias/blur 0.3/0.2/0.8 (the defaults before)",
+        {"radius": (3.0, 24.0)},
+        STRONG,
+    ),
     "radius": Variant("radius 8-24 mm, patch gamma/bias/blur 0.3/0.2/0.8", augmentation=STRONG),
-    "half": Variant("radius 8-24 mm, patch gamma/bias/blur 0.15/0.1/0.4",
-                    augmentation={name: value / 2 for name, value in STRONG.items()}),
+    "half": Variant(
+        "radius 8-24 mm, patch gamma/bias/blur 0.15/0.1/0.4",
+        augmentation={name: value / 2 for name, value in STRONG.items()},
+    ),
     "cases": Variant("the defaults, twice the cases", cases=2),
     # Early stopping's patience doubles too: with 8 it ended the 56 epochs at 27.
-    "longer": Variant("the defaults, twice the epochs, minutes and early-stopping patience",
-                      train={"early_stopping_patience": 16}, epochs=2, minutes=2),
-    "wider": Variant("the defaults, 12 base filters (not 8), half the epochs in the same minutes",
-                     model={"n_base_filters": 12}, epochs=0.5),
+    "longer": Variant(
+        "the defaults, twice the epochs, minutes and early-stopping patience",
+        train={"early_stopping_patience": 16},
+        epochs=2,
+        minutes=2,
+    ),
+    "wider": Variant(
+        "the defaults, 12 base filters (not 8), half the epochs in the same minutes",
+        model={"n_base_filters": 12},
+        epochs=0.5,
+    ),
     # The training levers of issue 17, each alone on the defaults.
     "bf16": Variant("lever: mixed-bfloat16 training", model={"precision": "bf16"}),
-    "regions": Variant("lever: region outputs WT/TC/ET (nested sigmoids)",
-                       model={"output": "regions"}),
+    "regions": Variant(
+        "lever: region outputs WT/TC/ET (nested sigmoids)", model={"output": "regions"}
+    ),
     "dice_ce": Variant("lever: Dice + binary cross-entropy", train={"loss": "dice_ce"}),
-    "deep_supervision": Variant("lever: deep supervision, 2 auxiliary outputs",
-                                train={"deep_supervision": 2}),
-    "core": Variant("lever: 0.3 of patches on the core, 0.3 on any tumour (not 0.6)",
-                    train={"tumour_share": 0.3, "core_share": 0.3}),
-    "instance": Variant("lever: instance normalisation (not batch)",
-                        model={"normalization": "instance"}),
-    "sgd": Variant("lever: SGD, Nesterov 0.99, lr 0.01, poly 0.9 (not Adam, cosine)",
-                   train={"optimizer": "sgd", "schedule": "poly", "learning_rate": 0.01}),
+    "deep_supervision": Variant(
+        "lever: deep supervision, 2 auxiliary outputs", train={"deep_supervision": 2}
+    ),
+    "core": Variant(
+        "lever: 0.3 of patches on the core, 0.3 on any tumour (not 0.6)",
+        train={"tumour_share": 0.3, "core_share": 0.3},
+    ),
+    "instance": Variant(
+        "lever: instance normalisation (not batch)", model={"normalization": "instance"}
+    ),
+    "sgd": Variant(
+        "lever: SGD, Nesterov 0.99, lr 0.01, poly 0.9 (not Adam, cosine)",
+        train={"optimizer": "sgd", "schedule": "poly", "learning_rate": 0.01},
+    ),
     "xla": Variant("lever: XLA-compiled training step", train={"jit_compile": True}),
-    "threads": Variant("lever: 1 inter-op, 2 intra-op threads",
-                       train={"inter_op_threads": 1, "intra_op_threads": 2}),
+    "threads": Variant(
+        "lever: 1 inter-op, 2 intra-op threads",
+        train={"inter_op_threads": 1, "intra_op_threads": 2},
+    ),
 }
-CHOSEN = [name.strip() for name in os.environ.get("TUMORSEG_ABLATION_VARIANTS", "").split(",")
-          if name.strip()] or list(VARIANTS)
+CHOSEN = [
+    name.strip()
+    for name in os.environ.get("TUMORSEG_ABLATION_VARIANTS", "").split(",")
+    if name.strip()
+] or list(VARIANTS)
 
 
 def folder():
@@ -149,10 +173,18 @@ def variant_config(name: str, seed: int, data):
 
     variant = VARIANTS[name]
     config = TrainConfig.from_preset(
-        data, "cpu", time_limit_minutes=MINUTES * variant.minutes, seed=seed,
-        epochs=max(1, round(TRAINING_PRESETS["cpu"]["epochs"] * variant.epochs)))
-    return replace(config, augmentation=replace(Augmentation(), **variant.augmentation),
-                   model=replace(config.model, **variant.model), **variant.train)
+        data,
+        "cpu",
+        time_limit_minutes=MINUTES * variant.minutes,
+        seed=seed,
+        epochs=max(1, round(TRAINING_PRESETS["cpu"]["epochs"] * variant.epochs)),
+    )
+    return replace(
+        config,
+        augmentation=replace(Augmentation(), **variant.augmentation),
+        model=replace(config.model, **variant.model),
+        **variant.train,
+    )
 
 
 def score_run(name: str, seed: int) -> dict:
@@ -168,40 +200,60 @@ def score_run(name: str, seed: int) -> dict:
     state, config = read_state(run), read_config(run)
     predictor = Predictor.from_run(run)
     steps = state["epoch"] * config.steps_per_epoch
-    return {"seed": seed, "epochs": state["epoch"], "ended": state["ended"],
-            "steps_per_second": steps / state["training_seconds"],
-            "minutes": state["training_seconds"] / 60,
-            "own": dice_on(predictor, held_out(name)),
-            "shifted": dice_on(predictor, held_out(name, "shifted")),
-            "real": dice_on(predictor, devset.LABELLED)}
+    return {
+        "seed": seed,
+        "epochs": state["epoch"],
+        "ended": state["ended"],
+        "steps_per_second": steps / state["training_seconds"],
+        "minutes": state["training_seconds"] / 60,
+        "own": dice_on(predictor, held_out(name)),
+        "shifted": dice_on(predictor, held_out(name, "shifted")),
+        "real": dice_on(predictor, devset.LABELLED),
+    }
 
 
 def spread(runs: list[dict], key: str) -> dict:
     """Mean and half range over seeds of each region's Dice in ``runs[i][key]``."""
     values = {region: [run[key][region] for run in runs] for region in REGIONS}
-    return {region: {"mean": float(np.mean(v)), "half_range": float(np.ptp(v) / 2)}
-            for region, v in values.items()}
+    return {
+        region: {"mean": float(np.mean(v)), "half_range": float(np.ptp(v) / 2)}
+        for region, v in values.items()
+    }
 
 
 def ablation() -> dict:
-    result = {"minutes": MINUTES, "cases": CASES, "seeds": SEEDS, "held_out_cases": HELD_OUT,
-              "variants": {}}
+    result = {
+        "minutes": MINUTES,
+        "cases": CASES,
+        "seeds": SEEDS,
+        "held_out_cases": HELD_OUT,
+        "variants": {},
+    }
     unknown = [name for name in CHOSEN if name not in VARIANTS]
     if unknown:
-        raise SystemExit(f"TUMORSEG_ABLATION_VARIANTS: unknown {unknown}; known: "
-                         f"{', '.join(VARIANTS)}")
+        raise SystemExit(
+            f"TUMORSEG_ABLATION_VARIANTS: unknown {unknown}; known: {', '.join(VARIANTS)}"
+        )
     for name in CHOSEN:
         runs = []
         for seed in range(SEEDS):
             print(f"[ablation] {name}, seed {seed}", flush=True)
-            subprocess.run([sys.executable, "-c", "from benchmarks.bench_ablation import "
-                            f"train_run; train_run({name!r}, {seed})"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from benchmarks.bench_ablation import train_run; train_run({name!r}, {seed})",
+                ],
+                check=True,
+            )
             runs.append(score_run(name, seed))
         result["variants"][name] = {
-            "runs": runs, "cases": round(CASES * VARIANTS[name].cases),
+            "runs": runs,
+            "cases": round(CASES * VARIANTS[name].cases),
             **{key: spread(runs, key) for key in ("own", "shifted", "real")},
             "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
-            "minutes": float(np.mean([r["minutes"] for r in runs]))}
+            "minutes": float(np.mean([r["minutes"] for r in runs])),
+        }
     return save("ablation", result)
 
 
@@ -213,11 +265,18 @@ def report_ablation(r: dict) -> list[tuple[str, str, str]]:
         if name not in r["variants"]:
             continue
         v = r["variants"][name]
-        dice = "; ".join(f"{k} " + " / ".join(f"{v[k][g]['mean']:.3f}+-{v[k][g]['half_range']:.3f}"
-                                              for g in REGIONS)
-                         for k in ("own", "shifted", "real"))
+        dice = "; ".join(
+            f"{k} "
+            + " / ".join(f"{v[k][g]['mean']:.3f}+-{v[k][g]['half_range']:.3f}" for g in REGIONS)
+            for k in ("own", "shifted", "real")
+        )
         epochs = "/".join(str(run["epochs"]) for run in v["runs"])
-        lines.append((f"cpu, {variant.what} ({len(v['runs'])} seeds)", f"Dice WT/TC/ET {dice}",
-                      f"{v['steps_per_second']:.2f} steps/s, {v['minutes']:.1f} min, "
-                      f"{v['cases']} cases, epochs {epochs}"))
+        lines.append(
+            (
+                f"cpu, {variant.what} ({len(v['runs'])} seeds)",
+                f"Dice WT/TC/ET {dice}",
+                f"{v['steps_per_second']:.2f} steps/s, {v['minutes']:.1f} min, "
+                f"{v['cases']} cases, epochs {epochs}",
+            )
+        )
     return lines

@@ -20,8 +20,12 @@ CASES = 16
 
 def old_calibrate_threshold():
     """The calibration function of ``OLD_COMMIT``, run against today's library."""
-    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:tumorseg/train.py"], check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{OLD_COMMIT}:tumorseg/train.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     start = source.index("THRESHOLDS = (0.2")
     code = source[start:].replace("from .", "from tumorseg.")
     import numpy as np
@@ -29,8 +33,13 @@ def old_calibrate_threshold():
     from tumorseg.model import load_model
     from tumorseg.run import read_state, write_state
 
-    namespace = {"np": np, "Path": __import__("pathlib").Path, "load_model": load_model,
-                 "read_state": read_state, "write_state": write_state}
+    namespace = {
+        "np": np,
+        "Path": __import__("pathlib").Path,
+        "load_model": load_model,
+        "read_state": read_state,
+        "write_state": write_state,
+    }
     exec(compile(code, f"{OLD_COMMIT}:tumorseg/train.py", "exec"), namespace)
     return namespace["calibrate_threshold"]
 
@@ -57,9 +66,10 @@ def calibration() -> dict:
     Predictor.from_run(run).predict(load_case(cases[0])[0])  # warm-up: TensorFlow's first call
     seconds = {}
     for name, calibrate in (
-            ("old", lambda folder: old(folder, cases, patch)),
-            ("new_tta", lambda folder: calibrate_threshold(folder, cases, tta=True)),
-            ("new_no_tta", lambda folder: calibrate_threshold(folder, cases, tta=False))):
+        ("old", lambda folder: old(folder, cases, patch)),
+        ("new_tta", lambda folder: calibrate_threshold(folder, cases, tta=True)),
+        ("new_no_tta", lambda folder: calibrate_threshold(folder, cases, tta=False)),
+    ):
         folder = OUT / f"calibration-{name}"
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(run, folder)
@@ -67,16 +77,32 @@ def calibration() -> dict:
         threshold = calibrate(folder)
         seconds[name] = time.perf_counter() - start
         print(f"  {name}: {seconds[name]:.1f} s, threshold {threshold}", flush=True)
-    return save("calibration", {"cases": CASES, "old_seconds": seconds["old"],
-                                "new_seconds_tta": seconds["new_tta"],
-                                "new_seconds_no_tta": seconds["new_no_tta"]})
+    return save(
+        "calibration",
+        {
+            "cases": CASES,
+            "old_seconds": seconds["old"],
+            "new_seconds_tta": seconds["new_tta"],
+            "new_seconds_no_tta": seconds["new_no_tta"],
+        },
+    )
 
 
 def report_calibration(r: dict) -> list[tuple[str, str, str]]:
-    return [(f"calibration, {r['cases']} phantoms, cpu model: old (per-case network, HD95)",
-             f"{r['old_seconds']:.1f} s", ""),
-            ("calibration, new (one Predictor, Dice only), with flips as make run predicts",
-             f"{r['new_seconds_tta']:.1f} s", f"{r['old_seconds'] / r['new_seconds_tta']:.2f}x"),
-            ("calibration, new, without flips (the old setting)",
-             f"{r['new_seconds_no_tta']:.1f} s",
-             f"{r['old_seconds'] / r['new_seconds_no_tta']:.2f}x")]
+    return [
+        (
+            f"calibration, {r['cases']} phantoms, cpu model: old (per-case network, HD95)",
+            f"{r['old_seconds']:.1f} s",
+            "",
+        ),
+        (
+            "calibration, new (one Predictor, Dice only), with flips as make run predicts",
+            f"{r['new_seconds_tta']:.1f} s",
+            f"{r['old_seconds'] / r['new_seconds_tta']:.2f}x",
+        ),
+        (
+            "calibration, new, without flips (the old setting)",
+            f"{r['new_seconds_no_tta']:.1f} s",
+            f"{r['old_seconds'] / r['new_seconds_no_tta']:.2f}x",
+        ),
+    ]

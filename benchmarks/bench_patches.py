@@ -44,36 +44,63 @@ def sampling() -> dict:
         image, label = synthetic_case(index)
         seed_s = timed(partial(seed_get_sub_volume, image, label), 40)
         ours_s = timed(partial(get_sub_volume, image, label), 40)
-        rows.append({"case": index, "tumour_voxels": tumour_voxels(index),
-                     "seed_ms": seed_s * 1e3, "ours_ms": ours_s * 1e3, "speedup": seed_s / ours_s})
+        rows.append(
+            {
+                "case": index,
+                "tumour_voxels": tumour_voxels(index),
+                "seed_ms": seed_s * 1e3,
+                "ours_ms": ours_s * 1e3,
+                "speedup": seed_s / ours_s,
+            }
+        )
     seed_mean = np.mean([r["seed_ms"] for r in rows])
     ours_mean = np.mean([r["ours_ms"] for r in rows])
     with contextlib.redirect_stdout(io.StringIO()):  # the seed prints "Giving up..."
         seed_mix = per_delivered_patch(seed_get_sub_volume, DATASET, calls=3)
     ours_mix = per_delivered_patch(get_sub_volume, DATASET, calls=20)
-    return save("patch_sampling", {
-        "what": "get_sub_volume (160x160x16, background < 0.95) against the seed's rejection "
-                "loop, same C-ordered float32 arrays",
-        "qualifying_cases": rows, "qualifying_seed_ms": seed_mean, "qualifying_ours_ms": ours_mean,
-        "qualifying_speedup": seed_mean / ours_mean,
-        "dataset_cases": list(DATASET),
-        "dataset_tumour_voxels": [tumour_voxels(i) for i in DATASET],
-        "dataset_seed_ms_per_patch": seed_mix * 1e3, "dataset_ours_ms_per_patch": ours_mix * 1e3,
-        "dataset_speedup": seed_mix / ours_mix, "target_speedup": 5.0,
-    })
+    return save(
+        "patch_sampling",
+        {
+            "what": "get_sub_volume (160x160x16, background < 0.95) against the seed's rejection "
+            "loop, same C-ordered float32 arrays",
+            "qualifying_cases": rows,
+            "qualifying_seed_ms": seed_mean,
+            "qualifying_ours_ms": ours_mean,
+            "qualifying_speedup": seed_mean / ours_mean,
+            "dataset_cases": list(DATASET),
+            "dataset_tumour_voxels": [tumour_voxels(i) for i in DATASET],
+            "dataset_seed_ms_per_patch": seed_mix * 1e3,
+            "dataset_ours_ms_per_patch": ours_mix * 1e3,
+            "dataset_speedup": seed_mix / ours_mix,
+            "target_speedup": 5.0,
+        },
+    )
 
 
 def report_sampling(result: dict) -> list[tuple[str, str, str]]:
-    lines = [(f"get_sub_volume, case {r['case']} ({r['tumour_voxels']:,} tumour voxels)",
-              f"{r['ours_ms']:.2f} ms vs seed {r['seed_ms']:.2f} ms", f"{r['speedup']:.1f}x")
-             for r in result["qualifying_cases"]]
-    lines.append(("get_sub_volume, mean of those 4 cases",
-                  f"{result['qualifying_ours_ms']:.2f} ms vs seed "
-                  f"{result['qualifying_seed_ms']:.2f} ms", f"{result['qualifying_speedup']:.1f}x"))
-    lines.append(("get_sub_volume per patch, default dataset cases 1-8",
-                  f"{result['dataset_ours_ms_per_patch']:.2f} ms vs seed "
-                  f"{result['dataset_seed_ms_per_patch']:.0f} ms",
-                  f"{result['dataset_speedup']:.0f}x (target >= 5x)"))
+    lines = [
+        (
+            f"get_sub_volume, case {r['case']} ({r['tumour_voxels']:,} tumour voxels)",
+            f"{r['ours_ms']:.2f} ms vs seed {r['seed_ms']:.2f} ms",
+            f"{r['speedup']:.1f}x",
+        )
+        for r in result["qualifying_cases"]
+    ]
+    lines.append(
+        (
+            "get_sub_volume, mean of those 4 cases",
+            f"{result['qualifying_ours_ms']:.2f} ms vs seed {result['qualifying_seed_ms']:.2f} ms",
+            f"{result['qualifying_speedup']:.1f}x",
+        )
+    )
+    lines.append(
+        (
+            "get_sub_volume per patch, default dataset cases 1-8",
+            f"{result['dataset_ours_ms_per_patch']:.2f} ms vs seed "
+            f"{result['dataset_seed_ms_per_patch']:.0f} ms",
+            f"{result['dataset_speedup']:.0f}x (target >= 5x)",
+        )
+    )
     return lines
 
 
@@ -113,16 +140,26 @@ def input_wait(steps: int = 30) -> dict:
         waited += got - start
         stepped += time.perf_counter() - got
     patch_seconds = timed(lambda: sampler(0), 20)
-    return save("input_wait", {
-        "what": f"cpu preset, batch {batch_size} of {patch}, {steps} training steps",
-        "wait_seconds": waited, "step_seconds": stepped,
-        "wait_share": waited / (waited + stepped), "target_wait_share": 0.05,
-        "seconds_per_step": (waited + stepped) / steps, "seconds_per_patch_made": patch_seconds,
-    })
+    return save(
+        "input_wait",
+        {
+            "what": f"cpu preset, batch {batch_size} of {patch}, {steps} training steps",
+            "wait_seconds": waited,
+            "step_seconds": stepped,
+            "wait_share": waited / (waited + stepped),
+            "target_wait_share": 0.05,
+            "seconds_per_step": (waited + stepped) / steps,
+            "seconds_per_patch_made": patch_seconds,
+        },
+    )
 
 
 def report_input_wait(r: dict) -> list[tuple[str, str, str]]:
-    return [("training input pipeline, cpu preset",
-             f"{r['seconds_per_step']:.2f} s/step, a patch made in "
-             f"{r['seconds_per_patch_made'] * 1e3:.1f} ms",
-             f"{r['wait_share']:.1%} of step time waiting (target < 5%)")]
+    return [
+        (
+            "training input pipeline, cpu preset",
+            f"{r['seconds_per_step']:.2f} s/step, a patch made in "
+            f"{r['seconds_per_patch_made'] * 1e3:.1f} ms",
+            f"{r['wait_share']:.1%} of step time waiting (target < 5%)",
+        )
+    ]

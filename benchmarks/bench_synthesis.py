@@ -32,14 +32,27 @@ def synthesis() -> dict:
             seconds[name].append(time.perf_counter() - start)
         same_labels += int(np.array_equal(results["before"][1], results["now"][1]))
     before_s, now_s = (float(np.mean(seconds[k])) for k in ("before", "now"))
-    return save("synthesis", {
-        "what": "seconds per phantom case (seed 0, default generator), the generator before "
-                "issue 17 and now, timed alternately on the same cases in one process",
-        "cases": len(CASES), "before_s": before_s, "now_s": now_s, "speedup": before_s / now_s,
-        "same_labels": same_labels, "seconds": seconds})
+    return save(
+        "synthesis",
+        {
+            "what": "seconds per phantom case (seed 0, default generator), the generator before "
+            "issue 17 and now, timed alternately on the same cases in one process",
+            "cases": len(CASES),
+            "before_s": before_s,
+            "now_s": now_s,
+            "speedup": before_s / now_s,
+            "same_labels": same_labels,
+            "seconds": seconds,
+        },
+    )
 
 
 def report_synthesis(r: dict) -> list[tuple[str, str, str]]:
-    return [(f"synthesis, seconds per case ({r['cases']} cases, one worker)",
-             f"before {r['before_s']:.2f} s, now {r['now_s']:.2f} s; labels identical "
-             f"{r['same_labels']}/{r['cases']}", f"{r['speedup']:.1f}x faster")]
+    return [
+        (
+            f"synthesis, seconds per case ({r['cases']} cases, one worker)",
+            f"before {r['before_s']:.2f} s, now {r['now_s']:.2f} s; labels identical "
+            f"{r['same_labels']}/{r['cases']}",
+            f"{r['speedup']:.1f}x faster",
+        )
+    ]

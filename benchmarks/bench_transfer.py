@@ -28,8 +28,13 @@ def held_out(generator: str) -> Path:
     from tumorseg.synthetic import write_dataset
 
     folder = OUT / f"held-out-{generator}"
-    write_dataset(folder, cases=HELD_OUT, seed=1 if generator == "default" else 2,
-                  progress=False, generator=generator)
+    write_dataset(
+        folder,
+        cases=HELD_OUT,
+        seed=1 if generator == "default" else 2,
+        progress=False,
+        generator=generator,
+    )
     return folder
 
 
@@ -46,8 +51,10 @@ def dice_on(predictor, folder: Path, per_case: bool = False) -> dict:
         prediction = predictor.segment(image)
         rows[case.id] = case_metrics(prediction, label, voxel_spacing(case))
     table = metrics_table(rows)
-    dice = {case: {region: float(table.loc[case, f"Dice {region}"])
-                   for region in ("WT", "TC", "ET")} for case in table.index}
+    dice = {
+        case: {region: float(table.loc[case, f"Dice {region}"]) for region in ("WT", "TC", "ET")}
+        for case in table.index
+    }
     return dice if per_case else dice["mean"]
 
 
@@ -75,10 +82,16 @@ def real_pictures(predictor, run: Path = RUN, prefix: Path = OUT / "real") -> li
         plt.close(figure)
         voxel_cm3 = float(np.prod(voxel_spacing(case))) / 1000
         counts = np.bincount(prediction.ravel(), minlength=4)
-        results.append({"case": case.id, "picture": str(path),
-                        **{f"{name}_cm3": float(counts[value] * voxel_cm3)
-                           for value, name in ((1, "edema"), (2, "non_enhancing"),
-                                               (3, "enhancing"))}})
+        results.append(
+            {
+                "case": case.id,
+                "picture": str(path),
+                **{
+                    f"{name}_cm3": float(counts[value] * voxel_cm3)
+                    for value, name in ((1, "edema"), (2, "non_enhancing"), (3, "enhancing"))
+                },
+            }
+        )
     return results
 
 
@@ -89,9 +102,13 @@ def transfer() -> dict:
         return save("transfer", {"run": str(RUN), "missing": "no trained model: run `make run`"})
     predictor = Predictor.from_run(RUN)
     threshold = predictor.threshold
-    result = {"what": "Dice of a trained run on held-out phantoms of the training generator and "
-                      "of the shifted generator (sliding window, no TTA)",
-              "run": str(RUN), "threshold": threshold, "held_out_cases": HELD_OUT}
+    result = {
+        "what": "Dice of a trained run on held-out phantoms of the training generator and "
+        "of the shifted generator (sliding window, no TTA)",
+        "run": str(RUN),
+        "threshold": threshold,
+        "held_out_cases": HELD_OUT,
+    }
     for generator in ("default", "shifted"):
         dice = dice_on(predictor, held_out(generator))
         result |= {f"{generator}_dice_{region}": value for region, value in dice.items()}
@@ -108,23 +125,43 @@ def report_transfer(r: dict) -> list[tuple[str, str, str]]:
     if "missing" in r:
         return [(f"transfer: {r['run']}", r["missing"], "")]
     lines = []
-    for generator, what in (("default", "default (training) generator"), ("shifted", "shifted generator")):
-        lines.append((f"{r['run']} held-out Dice, {what} ({r['held_out_cases']} cases)",
-                      " ".join(f"{k} {r[f'{generator}_dice_{k}']:.3f}" for k in ("WT", "TC", "ET")),
-                      ""))
+    for generator, what in (
+        ("default", "default (training) generator"),
+        ("shifted", "shifted generator"),
+    ):
+        lines.append(
+            (
+                f"{r['run']} held-out Dice, {what} ({r['held_out_cases']} cases)",
+                " ".join(f"{k} {r[f'{generator}_dice_{k}']:.3f}" for k in ("WT", "TC", "ET")),
+                "",
+            )
+        )
     shift = r["shifted_dice_WT"] / max(r["default_dice_WT"], 1e-6)
     lines[-1] = lines[-1][:2] + (f"WT {shift:.2f}x in-distribution",)
     if "real_pair" in r:  # data/real: two TCGA gliomas, the algorithms' vote as label
         agreement = r["real_pair_agreement"]
         for case, dice in r["real_pair"].items():
             what = "mean" if case == "mean" else case
-            lines.append((f"{r['run']} Dice, real development pair: {what}",
-                          " ".join(f"{k} {dice[k]:.3f}" for k in ("WT", "TC", "ET")),
-                          "" if case != "mean" else "algorithms vs vote: " + " ".join(
-                              f"{k} {agreement[k][0]:.2f}-{agreement[k][1]:.2f}"
-                              for k in ("WT", "TC", "ET"))))
+            lines.append(
+                (
+                    f"{r['run']} Dice, real development pair: {what}",
+                    " ".join(f"{k} {dice[k]:.3f}" for k in ("WT", "TC", "ET")),
+                    ""
+                    if case != "mean"
+                    else "algorithms vs vote: "
+                    + " ".join(
+                        f"{k} {agreement[k][0]:.2f}-{agreement[k][1]:.2f}"
+                        for k in ("WT", "TC", "ET")
+                    ),
+                )
+            )
     for case in r["real"]:
-        lines.append((f"real case {case['case']}",
-                       f"edema {case['edema_cm3']:.0f}, non-enh {case['non_enhancing_cm3']:.0f}, "
-                       f"enh {case['enhancing_cm3']:.0f} cm3", case["picture"]))
+        lines.append(
+            (
+                f"real case {case['case']}",
+                f"edema {case['edema_cm3']:.0f}, non-enh {case['non_enhancing_cm3']:.0f}, "
+                f"enh {case['enhancing_cm3']:.0f} cm3",
+                case["picture"],
+            )
+        )
     return lines

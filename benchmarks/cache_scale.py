@@ -6,8 +6,9 @@ A scaled-down simulation: 1,000 MSD-layout cases at a quarter of a BraTS scan's 
 axis (60 x 60 x 39, a brain of 35 x 43 x 35, a tumour of 12 x 10 x 8 voxels), cached with a
 quarter of the seed's patch (40 x 40 x 4). Once the cache is written, for the first 100, 300 and
 1,000 cases a fresh process opens their cache, draws 2,000 patches and reports its peak resident
-memory, its open files and the memory its CachedCase objects hold. With a real BraTS 2021 folder, the cache of its cases at the
-seed's patch (160 x 160 x 16) gives the disk a real case needs.
+memory, its open files and the memory its CachedCase objects hold. With a real BraTS 2021
+folder, the cache of its cases at the seed's patch (160 x 160 x 16) gives the disk a real case
+needs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def write_cases(root: Path, count: int) -> Path:
         image[brain] = rng.normal(100, 10, BRAIN + (4,))
         label = np.zeros(SHAPE, np.uint8)
         x = lo[0] + 2 + i % 20
-        label[x:x + 12, 20:30, 15:23] = 1
+        label[x : x + 12, 20:30, 15:23] = 1
         name = f"BRATS_{i:04d}.nii"
         nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / name)
         nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / name)
@@ -66,9 +67,12 @@ def measure(data: str, cache: str, count: int) -> dict:
     for i in range(2000):
         sampler(i)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"cases": count, "peak_rss_mib": peak_kib / 1024,
-            "open_files": len(os.listdir("/proc/self/fd")),
-            "cached_case_objects_kib": held / 1024}
+    return {
+        "cases": count,
+        "peak_rss_mib": peak_kib / 1024,
+        "open_files": len(os.listdir("/proc/self/fd")),
+        "cached_case_objects_kib": held / 1024,
+    }
 
 
 def real_case_disk(folder: Path) -> dict:
@@ -84,8 +88,11 @@ def real_case_disk(folder: Path) -> dict:
             cached = cache_case(case, cache, (160, 160, 16))
             sizes.append(sum(cached.path(p).stat().st_size for p in ("image", "label", "tumour")))
             shapes.append(cached.shape)
-    return {"cases": len(sizes), "cache_mib_per_case": float(np.mean(sizes)) / 2**20,
-            "cropped_shapes": shapes}
+    return {
+        "cases": len(sizes),
+        "cache_mib_per_case": float(np.mean(sizes)) / 2**20,
+        "cropped_shapes": shapes,
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -96,9 +103,20 @@ def main(argv: list[str]) -> int:
     data = write_cases(root / "data", max(COUNTS))
     rows = []
     for count in (max(COUNTS),) + COUNTS:  # the first run writes the cache; the others read it
-        result = subprocess.run([sys.executable, "-m", "benchmarks.cache_scale", "--measure",
-                                 str(data), str(root / "cache"), str(count)],
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.cache_scale",
+                "--measure",
+                str(data),
+                str(root / "cache"),
+                str(count),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     rows = rows[1:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ def save(name: str, result: dict) -> dict:
     return result
 
 
-@lru_cache(maxsize=None)
+@cache
 def synthetic_case(index: int, seed: int = 0):
     """(image, label) of a synthetic phantom, in memory."""
     from tumorseg.synthetic import synthesize_case

@@ -38,8 +38,7 @@ from pathlib import Path
 
 import nbformat
 from nbgrader import utils
-from nbgrader.preprocessors import (ClearOutput, ClearSolutions, ComputeChecksums, Execute,
-                                    LockCells)
+from nbgrader.preprocessors import ClearOutput, ClearSolutions, ComputeChecksums, Execute, LockCells
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,8 +66,10 @@ class ClearSolutionsToSkeleton(ClearSolutions):
             return super().preprocess_cell(cell, resources, cell_index)
         regions = cell.source.count(START)
         if regions != len(skeletons):
-            raise RuntimeError(f"cell {cell_index}: {regions} marked regions but {len(skeletons)} "
-                               f"skeletons in its metadata")
+            raise RuntimeError(
+                f"cell {cell_index}: {regions} marked regions but {len(skeletons)} "
+                f"skeletons in its metadata"
+            )
         lines, out, skeleton = cell.source.split("\n"), [], iter(skeletons)
         inside = False
         for line in lines:
@@ -88,10 +89,13 @@ class ClearSolutionsToSkeleton(ClearSolutions):
 def learner_version(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The learner version of a solution notebook, through nbgrader's preprocessors."""
     resources: dict = {}
-    clear = ClearSolutionsToSkeleton(begin_solution_delimeter=START,
-                                     end_solution_delimeter=END)
-    for preprocessor in (clear, ClearOutput(), LockCells(lock_grade_cells=True),
-                         ComputeChecksums()):
+    clear = ClearSolutionsToSkeleton(begin_solution_delimeter=START, end_solution_delimeter=END)
+    for preprocessor in (
+        clear,
+        ClearOutput(),
+        LockCells(lock_grade_cells=True),
+        ComputeChecksums(),
+    ):
         notebook, resources = preprocessor.preprocess(notebook, resources)
     return notebook
 
@@ -120,15 +124,17 @@ def _grade_id(cell) -> str | None:
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
 
-def grading_notebook(instructor: nbformat.NotebookNode,
-                     learner: nbformat.NotebookNode | None) -> nbformat.NotebookNode:
+def grading_notebook(
+    instructor: nbformat.NotebookNode, learner: nbformat.NotebookNode | None
+) -> nbformat.NotebookNode:
     """The cells that grade: the instructor's parameters (with the grading settings), setup
     and graded cells, and the learner's exercise cells (matched by grade_id; a missing one
     keeps its skeleton)."""
     learner_cells = {}
     if learner is not None:
-        learner_cells = {_grade_id(c): c for c in learner.cells
-                         if c.cell_type == "code" and utils.is_solution(c)}
+        learner_cells = {
+            _grade_id(c): c for c in learner.cells if c.cell_type == "code" and utils.is_solution(c)
+        }
     cells = []
     for cell in learner_version(nbformat.from_dict(instructor)).cells:
         tags = cell.metadata.get("tags", [])
@@ -136,7 +142,8 @@ def grading_notebook(instructor: nbformat.NotebookNode,
             continue
         if "parameters" in tags:
             cell.source += "\n# set by the grader\n" + "\n".join(
-                f"{name} = {value!r}" for name, value in GRADING_PARAMETERS.items())
+                f"{name} = {value!r}" for name, value in GRADING_PARAMETERS.items()
+            )
         elif utils.is_solution(cell):
             mine = learner_cells.get(_grade_id(cell))
             if mine is not None:
@@ -171,23 +178,31 @@ def grade_learner(folder: Path, work: Path) -> list[dict]:
         submitted = folder / path.name
         learner = nbformat.read(submitted, as_version=4) if submitted.exists() else None
         notebook = grading_notebook(instructor, learner)
-        Execute(timeout=CELL_TIMEOUT, allow_errors=True, extra_arguments=KERNEL_ARGUMENTS
-                ).preprocess(notebook, {"metadata": {"path": str(work)}})
+        Execute(
+            timeout=CELL_TIMEOUT, allow_errors=True, extra_arguments=KERNEL_ARGUMENTS
+        ).preprocess(notebook, {"metadata": {"path": str(work)}})
         for cell in notebook.cells:
             if not utils.is_grade(cell):
                 continue
             # nbgrader counts any stderr as a failure; a warning (TensorFlow's start-up lines, a
             # numpy RuntimeWarning) is not one: only an error fails a check.
-            cell.outputs = [o for o in cell.outputs
-                            if not (o.output_type == "stream" and o.name == "stderr")]
+            cell.outputs = [
+                o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")
+            ]
             points, max_points = utils.determine_grade(cell)
             message = failure_message(cell)
             if learner is None:
                 message = f"{path.name} not submitted"
-            rows.append({"learner": folder.name, "notebook": path.stem,
-                         "exercise": _grade_id(cell).removeprefix("test_"),
-                         "points": points if learner is not None else 0.0,
-                         "max_points": max_points, "message": message})
+            rows.append(
+                {
+                    "learner": folder.name,
+                    "notebook": path.stem,
+                    "exercise": _grade_id(cell).removeprefix("test_"),
+                    "points": points if learner is not None else 0.0,
+                    "max_points": max_points,
+                    "message": message,
+                }
+            )
     return rows
 
 
@@ -234,8 +249,10 @@ def main(argv=None) -> int:
             total = list(csv.DictReader(handle))
         for learner in dict.fromkeys(row["learner"] for row in total):
             mine = [row for row in total if row["learner"] == learner]
-            print(f"{learner}: {sum(float(r['points']) for r in mine):g} / "
-                  f"{sum(float(r['max_points']) for r in mine):g}")
+            print(
+                f"{learner}: {sum(float(r['points']) for r in mine):g} / "
+                f"{sum(float(r['max_points']) for r in mine):g}"
+            )
         print(out)
     return 0
 

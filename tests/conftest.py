@@ -15,8 +15,9 @@ SMALL = (12, 10, 8)
 LPS = np.diag([-1.0, -1.0, 2.5, 1.0])  # L, P, S, as BraTS headers say
 
 
-def write_nifti(path: Path, data: np.ndarray, slope: float | None = None,
-                affine: np.ndarray = LPS) -> Path:
+def write_nifti(
+    path: Path, data: np.ndarray, slope: float | None = None, affine: np.ndarray = LPS
+) -> Path:
     """Write ``data`` as NIfTI under ``affine``; with ``slope`` store it as int16 scaled by that
     factor."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,7 @@ def small_label(shape=SMALL, values=(0, 1, 2, 3)) -> np.ndarray:
     """uint8 (x, y, z) with blocks of each value."""
     label = np.zeros(shape, np.uint8)
     for i, v in enumerate(values[1:], start=1):
-        label[2 * i:2 * i + 2, 2:6, 2:6] = v
+        label[2 * i : 2 * i + 2, 2:6, 2:6] = v
     return label
 
 
@@ -52,8 +53,9 @@ def msd_dir(tmp_path) -> Path:
     write_nifti(root / "imagesTr" / "BRATS_001.nii.gz", small_image(seed=1))
     write_nifti(root / "labelsTr" / "BRATS_001.nii.gz", small_label())
     # BRATS_002 as MSD Task01 ships its files: an identity header over L, P, S voxels.
-    write_nifti(root / "imagesTr" / "BRATS_002.nii.gz", small_image(seed=2), slope=0.5,
-                affine=np.eye(4))
+    write_nifti(
+        root / "imagesTr" / "BRATS_002.nii.gz", small_image(seed=2), slope=0.5, affine=np.eye(4)
+    )
     write_nifti(root / "labelsTr" / "BRATS_002.nii.gz", small_label(), affine=np.eye(4))
     write_nifti(root / "imagesTs" / "BRATS_900.nii.gz", small_image(seed=3))
     (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
@@ -73,16 +75,22 @@ def write_brats_case(folder: Path, suffixes, label_suffix, label_values, seed=0)
 def brats2021_dir(tmp_path) -> Path:
     root = tmp_path / "BraTS2021"
     for i in range(2):
-        write_brats_case(root / f"BraTS2021_0000{i}", ("_flair", "_t1", "_t1ce", "_t2"), "_seg",
-                         (0, 1, 2, 4), seed=i)
+        write_brats_case(
+            root / f"BraTS2021_0000{i}",
+            ("_flair", "_t1", "_t1ce", "_t2"),
+            "_seg",
+            (0, 1, 2, 4),
+            seed=i,
+        )
     return root
 
 
 @pytest.fixture
 def brats2023_dir(tmp_path) -> Path:
     root = tmp_path / "BraTS2023"
-    write_brats_case(root / "BraTS-GLI-00000-000", ("-t2f", "-t1n", "-t1c", "-t2w"), "-seg",
-                     (0, 1, 2, 3))
+    write_brats_case(
+        root / "BraTS-GLI-00000-000", ("-t2f", "-t1n", "-t1c", "-t2w"), "-seg", (0, 1, 2, 3)
+    )
     return root
 
 
@@ -95,8 +103,8 @@ def write_tumour_dataset(root: Path, shape=(48, 40, 24)) -> Path:
         image = np.zeros(shape + (4,), np.float32)
         image[brain] = rng.normal(100, 10, image[brain].shape)
         label = np.zeros(shape, np.uint8)
-        label[10 + i:20 + i, 12:20, 8:14] = 1
-        label[13 + i:17 + i, 14:18, 10:12] = 3
+        label[10 + i : 20 + i, 12:20, 8:14] = 1
+        label[13 + i : 17 + i, 14:18, 10:12] = 3
         image[label == 1] += 40
         write_nifti(root / "imagesTr" / f"BRATS_00{i}.nii.gz", image)
         write_nifti(root / "labelsTr" / f"BRATS_00{i}.nii.gz", label)

@@ -24,8 +24,11 @@ def imports_of(path: Path) -> set[str]:
                 else:  # from . import x, y
                     found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names
-                      if alias.name.startswith("tumorseg.")}
+            found |= {
+                alias.name.split(".")[1]
+                for alias in node.names
+                if alias.name.startswith("tumorseg.")
+            }
     return found - {path.stem}
 
 
@@ -44,7 +47,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         trail.append(node)
         for target in sorted(graph[node]):
             if state[target] == "open":
-                return trail[trail.index(target):] + [target]
+                return trail[trail.index(target) :] + [target]
             if state[target] == "new" and (cycle := visit(target)):
                 return cycle
         state[node] = "done"
@@ -79,8 +82,15 @@ def test_no_import_circle_in_the_package():
 def test_the_library_never_imports_the_notebooks_helper():
     for path in PACKAGE.glob("*.py"):
         tree = ast.parse(path.read_text())
-        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
-        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                  and node.level == 0}
+        names = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        names |= {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+        }
         assert not names & {"util", "public_tests"}, path.name

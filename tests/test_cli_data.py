@@ -10,13 +10,17 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import small_image, write_nifti
 
 
 def tumorseg(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tumorseg", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tumorseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def digest(path):
@@ -37,8 +41,10 @@ def test_synth_writes_the_msd_layout(synthetic_pair):
     root = synthetic_pair / "a"
     manifest = json.loads((root / "dataset.json").read_text())
     assert manifest["numTraining"] == 1
-    assert manifest["training"][0] == {"image": "./imagesTr/BRATS_001.nii.gz",
-                                       "label": "./labelsTr/BRATS_001.nii.gz"}
+    assert manifest["training"][0] == {
+        "image": "./imagesTr/BRATS_001.nii.gz",
+        "label": "./labelsTr/BRATS_001.nii.gz",
+    }
     image = nib.load(root / "imagesTr" / "BRATS_001.nii.gz")
     label = nib.load(root / "labelsTr" / "BRATS_001.nii.gz")
     assert image.shape == (240, 240, 155, 4) and image.get_data_dtype() == np.float32
@@ -95,8 +101,11 @@ def test_info_prints_a_table(synthetic_pair):
 
 
 def test_info_reads_each_layout(msd_dir, brats2021_dir, brats2023_dir):
-    for root, expected in ((msd_dir, "BRATS_002"), (brats2021_dir, "BraTS2021_00001"),
-                           (brats2023_dir, "BraTS-GLI-00000-000")):
+    for root, expected in (
+        (msd_dir, "BRATS_002"),
+        (brats2021_dir, "BraTS2021_00001"),
+        (brats2023_dir, "BraTS-GLI-00000-000"),
+    ):
         result = tumorseg("info", root)
         assert result.returncode == 0, result.stderr
         assert expected in result.stdout
@@ -116,7 +125,9 @@ def bad_inputs(tmp_path):
     cut.write_bytes(cut.read_bytes()[:-100])
     cases.append(("truncated gzip", cut, "truncated or corrupt"))
     cases.append(("3-D image", write_nifti(tmp_path / "flat.nii.gz", small_image()[..., 0]), "4-D"))
-    cases.append(("3 channels", write_nifti(tmp_path / "rgb.nii.gz", small_image()[..., :3]), "4-D"))
+    cases.append(
+        ("3 channels", write_nifti(tmp_path / "rgb.nii.gz", small_image()[..., :3]), "4-D")
+    )
     nan = small_image()
     nan[1, 1, 1, 0] = np.nan
     cases.append(("NaN voxel", write_nifti(tmp_path / "nan.nii.gz", nan), "non-finite"))
@@ -151,8 +162,21 @@ def test_bad_dataset_cases_exit_2(msd_dir, brats2021_dir, tmp_path):
 
 
 def test_patches_command_writes_the_processed_layout(msd_dir, tmp_path):
-    result = tumorseg("patches", "--data", msd_dir, "--out", tmp_path / "processed",
-                      "--per-case", 1, "--patch", 8, 8, 4, "--valid-fraction", 0.5)
+    result = tumorseg(
+        "patches",
+        "--data",
+        msd_dir,
+        "--out",
+        tmp_path / "processed",
+        "--per-case",
+        1,
+        "--patch",
+        8,
+        8,
+        4,
+        "--valid-fraction",
+        0.5,
+    )
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "processed" / "config.json").read_text())
     assert len(config["train"]) == 1 and len(config["valid"]) == 1

@@ -25,8 +25,9 @@ def test_learner_training_path_matches_the_library():
     from tumorseg.model import unet_model_3d
     from tumorseg.train import make_train_step
 
-    mine = util.learner_functions("unet_model_3d", "soft_dice_loss", folder=NOTEBOOKS,
-                                  namespace={"__name__": "learner"})
+    mine = util.learner_functions(
+        "unet_model_3d", "soft_dice_loss", folder=NOTEBOOKS, namespace={"__name__": "learner"}
+    )
     namespace = {"__name__": "learner", "soft_dice_loss": mine.soft_dice_loss}
     util.load_exercise_cells(NOTEBOOKS / "05_training.ipynb", namespace)
     train_step = namespace["train_step"]
@@ -35,11 +36,13 @@ def test_learner_training_path_matches_the_library():
     shape = dict(input_shape=(16, 16, 8, 4), depth=3, n_base_filters=4, normalization="batch")
     learner_model = mine.unet_model_3d(**shape)
     library_model = unet_model_3d(**shape)
-    assert [w.shape for w in learner_model.get_weights()] == \
-        [w.shape for w in library_model.get_weights()]
+    assert [w.shape for w in learner_model.get_weights()] == [
+        w.shape for w in library_model.get_weights()
+    ]
     library_model.set_weights(learner_model.get_weights())
-    library_model.compile(optimizer=keras.optimizers.SGD(0.5), loss=batch_dice_loss,
-                          metrics=[batch_dice])
+    library_model.compile(
+        optimizer=keras.optimizers.SGD(0.5), loss=batch_dice_loss, metrics=[batch_dice]
+    )
     library_step = make_train_step(library_model, tf.distribute.get_strategy())
     optimizer = keras.optimizers.SGD(0.5)  # plain gradient descent: the step is the gradient
     rng = np.random.default_rng(0)
@@ -93,8 +96,9 @@ def _course_copy(tmp_path: Path, broken: dict[str, str] | None = None) -> Path:
     return tmp_path
 
 
-WRONG_STANDARDIZE = ("import numpy as np\n\ndef standardize(image):\n"
-                     "    return image - image.mean()\n")
+WRONG_STANDARDIZE = (
+    "import numpy as np\n\ndef standardize(image):\n    return image - image.mean()\n"
+)
 
 
 def test_an_unsolved_exercise_stops_with_one_line(tmp_path):
@@ -112,8 +116,9 @@ def test_the_library_version_only_when_the_learner_opts_in(tmp_path, capsys):
     from tumorseg import patches
 
     folder = _course_copy(tmp_path, {"standardize": WRONG_STANDARDIZE})
-    mine = util.learner_functions("get_sub_volume", "standardize", folder=folder,
-                                  use_library_fallback=True)
+    mine = util.learner_functions(
+        "get_sub_volume", "standardize", folder=folder, use_library_fallback=True
+    )
     assert mine.standardize is patches.standardize
     assert mine.get_sub_volume.__module__ == "learner"  # the learner's own, it passes
     said = capsys.readouterr().out.strip().splitlines()

@@ -7,8 +7,8 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import SMALL, small_image, small_label, write_nifti
+
 from tumorseg.data import find_cases, load_case, load_label, save_nifti
 from tumorseg.errors import InputError
 
@@ -68,8 +68,10 @@ def test_a_single_case_folder_and_a_single_file_are_cases(brats2021_dir, msd_dir
 
 
 # The BraTS challenge's own region definitions, in each release's file values.
-BRATS_REGIONS = {"brats2021": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
-                 "brats2023": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}}
+BRATS_REGIONS = {
+    "brats2021": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+    "brats2023": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+}
 
 
 @pytest.mark.parametrize("layout", ["brats2021", "brats2023"])
@@ -165,7 +167,9 @@ def test_three_channel_image(tmp_path):
 def test_missing_brats_sequence(brats2021_dir):
     folder = brats2021_dir / "BraTS2021_00000"
     (folder / "BraTS2021_00000_t1ce.nii.gz").unlink()
-    expect_error(lambda: find_cases(brats2021_dir), "BraTS2021_00000", "missing BraTS sequence T1gd")
+    expect_error(
+        lambda: find_cases(brats2021_dir), "BraTS2021_00000", "missing BraTS sequence T1gd"
+    )
 
 
 def test_label_shape_mismatch(tmp_path):

@@ -7,7 +7,13 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
 
 from tumorseg.data import load_case
 from tumorseg.figures import take_slice, to_display
@@ -113,7 +119,8 @@ def test_synthetic_files_are_stored_like_brats_files(synthetic_case):
 
 
 def test_synthetic_and_brats_layout_files_of_the_same_anatomy_display_identically(
-        synthetic_case, tmp_path):
+    synthetic_case, tmp_path
+):
     image_file, label_file = synthetic_case
     img = nib.load(image_file)
     data = np.asarray(img.dataobj)
@@ -132,4 +139,5 @@ def test_synthetic_and_brats_layout_files_of_the_same_anatomy_display_identicall
             np.testing.assert_array_equal(
                 take_slice(synthetic[..., channel], plane, centre[axis]),
                 take_slice(loaded[..., channel], plane, index[axis]),
-                err_msg=f"{plane} view of channel {channel} differs")
+                err_msg=f"{plane} view of channel {channel} differs",
+            )

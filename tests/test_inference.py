@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
-from pathlib import Path
-
 from tumorseg.data import clip_intensities
-from tumorseg.inference import (Predictor, config_from_model, gaussian_weights, plan_axis,
-                                predict_volume, seed_tiling_predict, sliding_window_inference,
-                                to_label_map, window_starts)
+from tumorseg.inference import (
+    Predictor,
+    config_from_model,
+    gaussian_weights,
+    plan_axis,
+    predict_volume,
+    seed_tiling_predict,
+    sliding_window_inference,
+    to_label_map,
+    window_starts,
+)
 from tumorseg.model import ModelConfig, build_model, unet_model_3d
 from tumorseg.patches import Augmentation, standardize
 
@@ -19,11 +27,15 @@ GOLDEN = Path(__file__).parent / "data" / "golden_label_map.npz"
 
 
 def test_label_map_takes_the_most_probable_channel_above_threshold():
-    probabilities = np.array([[0.1, 0.2, 0.3],    # none above 0.5 -> background
-                              [0.9, 0.6, 0.7],    # edema most probable
-                              [0.6, 0.55, 0.8],   # enhancing
-                              [0.2, 0.51, 0.4]],  # non-enhancing
-                             np.float32).reshape(4, 1, 1, 3)
+    probabilities = np.array(
+        [
+            [0.1, 0.2, 0.3],  # none above 0.5 -> background
+            [0.9, 0.6, 0.7],  # edema most probable
+            [0.6, 0.55, 0.8],  # enhancing
+            [0.2, 0.51, 0.4],
+        ],  # non-enhancing
+        np.float32,
+    ).reshape(4, 1, 1, 3)
     assert to_label_map(probabilities).ravel().tolist() == [0, 1, 3, 2]
     assert to_label_map(probabilities, threshold=0.85).ravel().tolist() == [0, 1, 0, 0]
     assert to_label_map(probabilities).dtype == np.uint8
@@ -57,9 +69,12 @@ def test_gaussian_weights_peak_at_the_centre():
 def constant_model(value: float, fixed=(8, 8, 4)):
     """A model that outputs ``value`` everywhere, whatever comes in."""
     inputs = keras.Input((*fixed, 4))
-    logits = keras.layers.Conv3D(3, 1, kernel_initializer="zeros",
-                                 bias_initializer=keras.initializers.Constant(
-                                     float(np.log(value / (1 - value)))))(inputs)
+    logits = keras.layers.Conv3D(
+        3,
+        1,
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant(float(np.log(value / (1 - value)))),
+    )(inputs)
     return keras.Model(inputs, keras.layers.Activation("sigmoid")(logits))
 
 
@@ -75,7 +90,8 @@ def first_voxel_model(fixed=(8, 8, 4)):
     inputs = keras.Input((*fixed, 4))
     corner = keras.layers.Lambda(lambda w: keras.ops.sigmoid(w[:, :1, :1, :1, :1]))(inputs)
     outputs = keras.layers.Lambda(
-        lambda c: keras.ops.broadcast_to(c, (keras.ops.shape(c)[0], *fixed, 3)))(corner)
+        lambda c: keras.ops.broadcast_to(c, (keras.ops.shape(c)[0], *fixed, 3))
+    )(corner)
     return keras.Model(inputs, outputs)
 
 
@@ -119,11 +135,13 @@ def test_a_scan_without_signal_is_background_without_running_the_network():
 
 def test_unet_of_fixed_and_free_size_and_options():
     image, brain = scan((40, 36, 20), (slice(4, 36), slice(2, 30), slice(1, 19)))
-    fixed = unet_model_3d(input_shape=(16, 16, 8, 4), n_base_filters=2, depth=3,
-                          normalization="batch")
+    fixed = unet_model_3d(
+        input_shape=(16, 16, 8, 4), n_base_filters=2, depth=3, normalization="batch"
+    )
     config = config_from_model(fixed)
-    assert config == ModelConfig(patch_shape=(16, 16, 8), n_base_filters=2, depth=3,
-                                 normalization="batch")
+    assert config == ModelConfig(
+        patch_shape=(16, 16, 8), n_base_filters=2, depth=3, normalization="batch"
+    )
     out = predict_volume(fixed, image)
     assert out.shape == (40, 36, 20, 3) and out.dtype == np.float32
     assert np.all((out >= 0) & (out <= 1)) and out[brain].min() > 0
@@ -146,8 +164,9 @@ def test_a_foreign_fixed_model_slides_its_own_window():
 
 def test_seed_tiling_shape():
     image, brain = scan((24, 20, 10))
-    out = seed_tiling_predict(constant_model(0.6, fixed=(8, 8, 4)), image, window=(8, 8, 4),
-                              padded_shape=(32, 24, 12))
+    out = seed_tiling_predict(
+        constant_model(0.6, fixed=(8, 8, 4)), image, window=(8, 8, 4), padded_shape=(32, 24, 12)
+    )
     assert out.shape == (24, 20, 10, 3)
     np.testing.assert_allclose(out, 0.6, rtol=1e-5)
 
@@ -170,8 +189,9 @@ def test_overlapping_windows_are_averaged_with_gaussian_weights():
     rng = np.random.default_rng(0)
     volume = rng.normal(size=(19, 14, 9, 1)).astype(np.float32)
     window, overlap = (8, 6, 4), 0.5
-    out = sliding_window_inference(volume, lambda w: np.broadcast_to(w[:, :1, :1, :1], w.shape),
-                                   window, overlap, batch_size=2)
+    out = sliding_window_inference(
+        volume, lambda w: np.broadcast_to(w[:, :1, :1, :1], w.shape), window, overlap, batch_size=2
+    )
     weights = gaussian_weights(window)
     total, norm = np.zeros(volume.shape[:3]), np.zeros(volume.shape[:3])
     for x in window_starts(19, 8, overlap):
@@ -187,16 +207,18 @@ def test_tta_flips_back_what_it_flipped():
     """A model whose output is not symmetric under the left-right flip: TTA must average the
     prediction with the flipped-back prediction of the flipped scan."""
     inputs = keras.Input((8, 8, 4, 4))
-    logits = keras.layers.Conv3D(3, 3, padding="same", kernel_initializer=keras.initializers
-                                 .RandomNormal(stddev=1.0, seed=3))(inputs)
+    logits = keras.layers.Conv3D(
+        3, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=3)
+    )(inputs)
     model = keras.Model(inputs, keras.layers.Activation("sigmoid")(logits))
     image = np.random.default_rng(1).normal(100, 20, (8, 8, 4, 4)).astype(np.float32)
     x = standardize(clip_intensities(image))[None]
     plain = model.predict_on_batch(x)[0]
     flipped_back = model.predict_on_batch(np.ascontiguousarray(x[:, ::-1]))[0][::-1]
     assert np.abs(plain - flipped_back).max() > 0.1, "the model must not be flip-symmetric"
-    np.testing.assert_allclose(predict_volume(model, image, tta=True), (plain + flipped_back) / 2,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        predict_volume(model, image, tta=True), (plain + flipped_back) / 2, atol=1e-5
+    )
     np.testing.assert_allclose(predict_volume(model, image), plain, atol=1e-5)
 
 
@@ -206,8 +228,9 @@ def test_tta_flips_back_what_it_flipped():
 def golden_model_and_scan():
     """A tiny U-Net with fixed weights (drawn from numpy's generator, not Keras's) and a fixed
     scan with a bright lesion."""
-    model = unet_model_3d(input_shape=(16, 16, 8, 4), n_base_filters=2, depth=3,
-                          normalization="batch")
+    model = unet_model_3d(
+        input_shape=(16, 16, 8, 4), n_base_filters=2, depth=3, normalization="batch"
+    )
     rng = np.random.default_rng(2026)
     weights = []
     for variable in model.weights:
@@ -240,15 +263,29 @@ def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
     run.mkdir()
     model.save(run / "model.keras")
     config = ModelConfig(patch_shape=(16, 16, 8), n_base_filters=2, depth=3, normalization="batch")
-    (run / "config.json").write_text(json.dumps({
-        "data": "x", "preset": "cpu", "model": config.to_dict(), "epochs": 1,
-        "steps_per_epoch": 1, "batch_size": 1, "learning_rate": 0.1,
-        "augmentation": Augmentation().to_dict()}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "data": "x",
+                "preset": "cpu",
+                "model": config.to_dict(),
+                "epochs": 1,
+                "steps_per_epoch": 1,
+                "batch_size": 1,
+                "learning_rate": 0.1,
+                "augmentation": Augmentation().to_dict(),
+            }
+        )
+    )
     predictor = Predictor.from_run(run)
     assert predictor.note and "not calibrated" in predictor.note and predictor.threshold == 0.5
     (run / "state.json").write_text(json.dumps({"epoch": 1, "threshold": 0.3}))
     predictor = Predictor.from_run(run)
-    assert (predictor.config, predictor.patch_shape, predictor.threshold) == (config, (16, 16, 8), 0.3)
+    assert (predictor.config, predictor.patch_shape, predictor.threshold) == (
+        config,
+        (16, 16, 8),
+        0.3,
+    )
     assert predictor.note is None and predictor.threshold_source == "calibrated"
     probabilities = predict_volume(model, image)
     np.testing.assert_allclose(predictor.predict(image), probabilities, atol=1e-6)
@@ -264,12 +301,16 @@ if __name__ == "__main__":
 
 
 def test_region_label_map_nests_et_in_tc_in_wt():
-    probabilities = np.array([[0.1, 0.2, 0.3],    # nothing above 0.5 -> background
-                              [0.9, 0.2, 0.1],    # WT only -> 1
-                              [0.9, 0.6, 0.4],    # TC -> 2
-                              [0.3, 0.4, 0.7],    # ET wins whatever WT, TC say -> 3
-                              [0.2, 0.8, 0.1]],   # TC without WT -> 2
-                             np.float32).reshape(5, 1, 1, 3)
+    probabilities = np.array(
+        [
+            [0.1, 0.2, 0.3],  # nothing above 0.5 -> background
+            [0.9, 0.2, 0.1],  # WT only -> 1
+            [0.9, 0.6, 0.4],  # TC -> 2
+            [0.3, 0.4, 0.7],  # ET wins whatever WT, TC say -> 3
+            [0.2, 0.8, 0.1],
+        ],  # TC without WT -> 2
+        np.float32,
+    ).reshape(5, 1, 1, 3)
     assert to_label_map(probabilities, output="regions").ravel().tolist() == [0, 1, 2, 3, 2]
     assert to_label_map(probabilities, 0.85, "regions").ravel().tolist() == [0, 1, 1, 0, 0]
     assert to_label_map(probabilities).ravel().tolist() == [0, 1, 1, 3, 2]  # the classes' rule

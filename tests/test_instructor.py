@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True,
-                          check=True)
+    return subprocess.run(
+        ["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,9 @@ def student(tmp_path_factory) -> Path:
 
 def test_make_student_writes_skeletons_with_nbgrader_metadata(student):
     names = sorted(p.name for p in student.iterdir())
-    assert names == sorted([p.name for p in NOTEBOOKS.glob("0*.ipynb")] +
-                           ["public_tests.py", "util.py"])
+    assert names == sorted(
+        [p.name for p in NOTEBOOKS.glob("0*.ipynb")] + ["public_tests.py", "util.py"]
+    )
     graded, solutions = set(), set()
     for path in student.glob("*.ipynb"):
         for cell in json.loads(path.read_text())["cells"]:
@@ -63,8 +65,9 @@ def soft_dice_loss(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     denominator = np.sum(y_true**2, axis=axis) + np.sum(y_pred**2, axis=axis) + epsilon
     return 1.0 - np.mean(numerator / denominator)
 """
-TENSORFLOW_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\]|absl::InitializeLog",
-                            re.MULTILINE)
+TENSORFLOW_LOG = re.compile(
+    r"^[IWEF]\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\]|absl::InitializeLog", re.MULTILINE
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +132,20 @@ def test_unsolved_learner_version_gets_zero_with_one_message_each(grades):
         assert "\n" not in row["message"]
 
 
-@pytest.mark.parametrize("make_folder, says", [(True, "no learner folders"),
-                                               (False, "no such folder of submissions")])
+@pytest.mark.parametrize(
+    "make_folder, says", [(True, "no learner folders"), (False, "no such folder of submissions")]
+)
 def test_grade_bad_submissions_folder_is_one_line(tmp_path, make_folder, says):
     import sys
 
     folder = tmp_path / "submissions"
     if make_folder:
         folder.mkdir()
-    failed = subprocess.run([sys.executable, str(NOTEBOOKS / "instructor.py"), "grade",
-                             str(folder)], capture_output=True, text=True)
+    failed = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "instructor.py"), "grade", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode == 2
     assert failed.stderr.strip().startswith(f"{folder}: {says}")
     assert "\n" not in failed.stderr.strip()

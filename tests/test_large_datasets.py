@@ -29,8 +29,8 @@ def write_tiny_cases(root: Path, count: int, shape=TINY_SHAPE) -> Path:
         image = rng.normal(100, 10, shape + (4,)).astype(np.float32)
         label = np.zeros(shape, np.uint8)
         x = i % (shape[0] - 6)
-        label[x:x + 4, 4:10, 2:6] = 1
-        label[x + 1:x + 3, 6:8, 3:5] = 3
+        label[x : x + 4, 4:10, 2:6] = 1
+        label[x + 1 : x + 3, 6:8, 3:5] = 3
         image[label > 0] += 40
         name = f"BRATS_{i:04d}.nii.gz"
         nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / name)
@@ -65,14 +65,17 @@ def test_1300_cases_train_under_ulimit_256(tmp_path):
 
     data = write_tiny_cases(tmp_path / "data", 1300)
     config = TrainConfig.from_preset(str(data), "cpu", epochs=1, steps_per_epoch=1, batch_size=1)
-    config.model = ModelConfig(patch_shape=TINY_SHAPE, n_base_filters=2, depth=3,
-                               normalization="batch")
+    config.model = ModelConfig(
+        patch_shape=TINY_SHAPE, n_base_filters=2, depth=3, normalization="batch"
+    )
     config.validation_patches = 2
     config.valid_fraction = 0.005
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(config.to_dict()))
-    command = (f"ulimit -n 256 && exec {sys.executable} -m tumorseg train --config {path} "
-               f"--out {tmp_path / 'run'}")
+    command = (
+        f"ulimit -n 256 && exec {sys.executable} -m tumorseg train --config {path} "
+        f"--out {tmp_path / 'run'}"
+    )
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "run" / "cache").glob("*.image.npy"))) == 1300

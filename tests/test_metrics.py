@@ -17,13 +17,24 @@ def random_pair(shape=(6, 5, 4, 3), seed=0):
 def test_formulas_by_hand():
     y_true, y_pred = random_pair()
     eps = 1e-5
-    per_class = [(2 * (y_true[..., c] * y_pred[..., c]).sum() + eps)
-                 / (y_true[..., c].sum() + y_pred[..., c].sum() + eps) for c in range(3)]
-    np.testing.assert_allclose(metrics.single_class_dice_coefficient(y_true[..., 1], y_pred[..., 1]),
-                               per_class[1], rtol=1e-5)
-    np.testing.assert_allclose(metrics.dice_coefficient(y_true, y_pred), np.mean(per_class), rtol=1e-5)
-    soft = [(2 * (y_true[..., c] * y_pred[..., c]).sum() + eps)
-            / ((y_true[..., c] ** 2).sum() + (y_pred[..., c] ** 2).sum() + eps) for c in range(3)]
+    per_class = [
+        (2 * (y_true[..., c] * y_pred[..., c]).sum() + eps)
+        / (y_true[..., c].sum() + y_pred[..., c].sum() + eps)
+        for c in range(3)
+    ]
+    np.testing.assert_allclose(
+        metrics.single_class_dice_coefficient(y_true[..., 1], y_pred[..., 1]),
+        per_class[1],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        metrics.dice_coefficient(y_true, y_pred), np.mean(per_class), rtol=1e-5
+    )
+    soft = [
+        (2 * (y_true[..., c] * y_pred[..., c]).sum() + eps)
+        / ((y_true[..., c] ** 2).sum() + (y_pred[..., c] ** 2).sum() + eps)
+        for c in range(3)
+    ]
     np.testing.assert_allclose(metrics.soft_dice_loss(y_true, y_pred), 1 - np.mean(soft), rtol=1e-5)
 
 
@@ -39,17 +50,22 @@ def test_tensors_give_the_same_values_and_gradients():
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
     gradient = tape.gradient(loss, t_pred)
     assert gradient is not None and np.isfinite(gradient.numpy()).all()
-    np.testing.assert_allclose(metrics.dice_coefficient(t_true, t_pred).numpy(),
-                               metrics.dice_coefficient(y_true, y_pred), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics.dice_coefficient(t_true, t_pred).numpy(),
+        metrics.dice_coefficient(y_true, y_pred),
+        rtol=1e-5,
+    )
 
 
 def test_batch_loss_and_metric_pool_over_the_batch():
     y_true, y_pred = random_pair((2, 6, 5, 4, 3))
     pooled = metrics.soft_dice_loss(y_true.reshape(12, 5, 4, 3), y_pred.reshape(12, 5, 4, 3))
     np.testing.assert_allclose(metrics.batch_dice_loss(y_true, y_pred), pooled, rtol=1e-5)
-    np.testing.assert_allclose(metrics.batch_dice(y_true, y_pred),
-                               metrics.dice_coefficient(y_true.reshape(12, 5, 4, 3),
-                                                        y_pred.reshape(12, 5, 4, 3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics.batch_dice(y_true, y_pred),
+        metrics.dice_coefficient(y_true.reshape(12, 5, 4, 3), y_pred.reshape(12, 5, 4, 3)),
+        rtol=1e-5,
+    )
 
 
 def test_usable_as_keras_loss_and_metric():
@@ -87,7 +103,7 @@ def test_region_masks():
 
 def ball(shape, centre, radius, spacing=(1, 1, 1)):
     grid = np.indices(shape).astype(float)
-    return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing)) <= radius ** 2
+    return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing)) <= radius**2
 
 
 def brute_force_hd95(a, b, spacing):
@@ -126,7 +142,7 @@ def test_hd95_matches_an_independent_computation():
     rng = np.random.default_rng(1)
     from scipy import ndimage
 
-    for trial in range(3):
+    for _ in range(3):
         a = ndimage.gaussian_filter(rng.random((30, 28, 20)), 2) > 0.52
         b = ndimage.gaussian_filter(rng.random((30, 28, 20)), 2) > 0.52
         spacing = (1.0, 0.8, 2.0)
@@ -169,6 +185,9 @@ def test_dice_ce_loss_adds_binary_cross_entropy():
     batch_y, batch_p = y[None], p[None]
     bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
     np.testing.assert_allclose(metrics.binary_cross_entropy(y, p), bce, rtol=1e-6)
-    np.testing.assert_allclose(metrics.batch_dice_ce_loss(batch_y, batch_p),
-                               metrics.batch_dice_loss(batch_y, batch_p) + bce, rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.batch_dice_ce_loss(batch_y, batch_p),
+        metrics.batch_dice_loss(batch_y, batch_p) + bce,
+        rtol=1e-6,
+    )
     assert set(metrics.LOSSES) == {"dice", "dice_ce"}

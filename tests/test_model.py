@@ -22,34 +22,51 @@ def test_architecture_levels():
     model = unet_model_3d(input_shape=(16, 16, 16, 4), n_base_filters=4)
     convs = {layer.name: layer for layer in model.layers if isinstance(layer, keras.layers.Conv3D)}
     # contracting: n then 2n filters, n doubling per level
-    assert [convs[f"down{d}{ab}_conv"].filters for d in range(4) for ab in "ab"] == \
-        [4, 8, 8, 16, 16, 32, 32, 64]
+    assert [convs[f"down{d}{ab}_conv"].filters for d in range(4) for ab in "ab"] == [
+        4,
+        8,
+        8,
+        16,
+        16,
+        32,
+        32,
+        64,
+    ]
     # expanding: as many filters as the same-level contracting output
-    assert [convs[f"up{d}{ab}_conv"].filters for d in (2, 1, 0) for ab in "ab"] == \
-        [32, 32, 16, 16, 8, 8]
+    assert [convs[f"up{d}{ab}_conv"].filters for d in (2, 1, 0) for ab in "ab"] == [
+        32,
+        32,
+        16,
+        16,
+        8,
+        8,
+    ]
     assert all(c.kernel_size == (3, 3, 3) for n, c in convs.items() if n != "logits")
     assert convs["logits"].kernel_size == (1, 1, 1) and convs["logits"].filters == 3
-    assert sum(isinstance(l, keras.layers.MaxPooling3D) for l in model.layers) == 3
-    assert sum(isinstance(l, keras.layers.UpSampling3D) for l in model.layers) == 3
+    assert sum(isinstance(layer, keras.layers.MaxPooling3D) for layer in model.layers) == 3
+    assert sum(isinstance(layer, keras.layers.UpSampling3D) for layer in model.layers) == 3
 
 
 def test_free_input_size_and_options():
-    model = unet_model_3d(input_shape=(None, None, None, 4), n_base_filters=2,
-                          normalization="instance", deconvolution=True)
+    model = unet_model_3d(
+        input_shape=(None, None, None, 4),
+        n_base_filters=2,
+        normalization="instance",
+        deconvolution=True,
+    )
     for shape in ((8, 16, 24), (16, 8, 8)):
         out = model(np.zeros((1, *shape, 4), np.float32))
         assert out.shape == (1, *shape, 3)
-    assert any(isinstance(l, keras.layers.Conv3DTranspose) for l in model.layers)
-    assert any(isinstance(l, keras.layers.GroupNormalization) for l in model.layers)
+    assert any(isinstance(layer, keras.layers.Conv3DTranspose) for layer in model.layers)
+    assert any(isinstance(layer, keras.layers.GroupNormalization) for layer in model.layers)
     batch = unet_model_3d(input_shape=(8, 8, 8, 4), n_base_filters=2, normalization="batch")
-    assert any(isinstance(l, keras.layers.BatchNormalization) for l in batch.layers)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in batch.layers)
     with pytest.raises(ValueError, match="divisible by 8"):
         unet_model_3d(input_shape=(12, 16, 16, 4))
 
 
 def test_bf16_keeps_float32_probabilities():
-    model = build_model(ModelConfig(patch_shape=(16, 16, 16), n_base_filters=2,
-                                    precision="bf16"))
+    model = build_model(ModelConfig(patch_shape=(16, 16, 16), n_base_filters=2, precision="bf16"))
     assert model.layers[1].compute_dtype == "bfloat16"
     out = model(np.random.default_rng(0).random((1, 16, 16, 16, 4)).astype(np.float32))
     assert out.dtype == "float32"

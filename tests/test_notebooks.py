@@ -19,8 +19,11 @@ NOTEBOOKS = ROOT / "notebooks"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # What a learner should never see: TensorFlow's C++ log lines (I0000 00:00:... port.cc:153] ...),
 # absl's note before them, AutoGraph's warning about code it cannot read, the skeleton's chatter.
-NOISE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\]|absl::InitializeLog|AutoGraph|"
-                   r"Giving up|^WARNING:tensorflow", re.MULTILINE)
+NOISE = re.compile(
+    r"^[IWEF]\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\]|absl::InitializeLog|AutoGraph|"
+    r"Giving up|^WARNING:tensorflow",
+    re.MULTILINE,
+)
 pytestmark = pytest.mark.slow
 
 
@@ -28,10 +31,15 @@ def execute(path: Path, parameters: dict, cwd: Path | None = None) -> nbformat.N
     """Run a notebook with ``parameters`` appended to its parameters cell; return it executed."""
     notebook = nbformat.read(path, as_version=4)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += "\n# set by the tests\n" + "\n".join(f"{k} = {v!r}"
-                                                     for k, v in parameters.items())
-    client = NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    cell.source += "\n# set by the tests\n" + "\n".join(
+        f"{k} = {v!r}" for k, v in parameters.items()
+    )
+    client = NotebookClient(
+        notebook,
+        timeout=900,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(cwd or path.parent)}},
+    )
     # Without PYTEST_CURRENT_TEST the kernel puts what is written to its file descriptors
     # (TensorFlow's C++ log lines) into the notebook, as it does in JupyterLab.
     client.execute(env={k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"})
@@ -55,13 +63,16 @@ def text_of(notebook) -> str:
     (every notebook test reads its text through here)."""
     text = "\n".join(output_text(cell) for cell in notebook.cells)
     noise = NOISE.search(text)
-    assert noise is None, text[max(0, noise.start() - 200):noise.end() + 200]
+    assert noise is None, text[max(0, noise.start() - 200) : noise.end() + 200]
     return text
 
 
 def displayed(notebook, mime: str) -> int:
-    return sum(mime in output.get("data", {}) for cell in notebook.cells
-               for output in cell.get("outputs", []))
+    return sum(
+        mime in output.get("data", {})
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
 
 
 def check_expected_outputs(notebook) -> int:
@@ -79,8 +90,11 @@ def check_expected_outputs(notebook) -> int:
 
 
 def graded_passes(notebook) -> int:
-    return sum("All tests passed." in output_text(cell) for cell in notebook.cells
-               if cell.metadata.get("nbgrader", {}).get("grade"))
+    return sum(
+        "All tests passed." in output_text(cell)
+        for cell in notebook.cells
+        if cell.metadata.get("nbgrader", {}).get("grade")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +122,10 @@ def test_01_data_exploration(datasets):
 
 
 def test_02_patch_generation(datasets):
-    notebook = execute(NOTEBOOKS / "02_patch_generation.ipynb",
-                       {"DATA": str(datasets / "train"), "EXPORT_CASES": 3})
+    notebook = execute(
+        NOTEBOOKS / "02_patch_generation.ipynb",
+        {"DATA": str(datasets / "train"), "EXPORT_CASES": 3},
+    )
     text = text_of(notebook)
     assert graded_passes(notebook) == 2 and check_expected_outputs(notebook) == 2
     assert "X (160, 160, 16, 4) y (160, 160, 16, 3)" in text
@@ -142,9 +158,17 @@ def test_04_loss_and_metrics():
 @pytest.fixture(scope="module")
 def trained(datasets):
     run = datasets / "run"
-    notebook = execute(NOTEBOOKS / "05_training.ipynb",
-                       {"DATA": str(datasets / "train"), "RUN": str(run), "EPOCHS": 1,
-                        "STEPS_PER_EPOCH": 2, "BATCH_SIZE": 2, "VALIDATION_PATCHES": 2})
+    notebook = execute(
+        NOTEBOOKS / "05_training.ipynb",
+        {
+            "DATA": str(datasets / "train"),
+            "RUN": str(run),
+            "EPOCHS": 1,
+            "STEPS_PER_EPOCH": 2,
+            "BATCH_SIZE": 2,
+            "VALIDATION_PATCHES": 2,
+        },
+    )
     return run, notebook
 
 
@@ -152,8 +176,10 @@ def test_05_training(trained):
     run, notebook = trained
     text = text_of(notebook)
     assert graded_passes(notebook) == 1 and check_expected_outputs(notebook) == 1
-    assert ("ready: get_sub_volume, standardize, unet_model_3d, soft_dice_loss, dice_coefficient"
-            in text)
+    assert (
+        "ready: get_sub_volume, standardize, unet_model_3d, soft_dice_loss, dice_coefficient"
+        in text
+    )
     assert "first epoch:" in text and "all 1 epochs: about" in text  # the time warning, measured
     assert (run / "model.keras").exists() and (run / "history.csv").exists()
     assert displayed(notebook, "image/png") >= 1  # the curves
@@ -164,8 +190,10 @@ def test_05_training(trained):
 
 def test_06_whole_scan_inference(trained, datasets):
     run, _ = trained
-    notebook = execute(NOTEBOOKS / "06_whole_scan_inference.ipynb",
-                       {"RUN": str(run), "TEST_DATA": str(datasets / "test"), "TEST_CASES": 1})
+    notebook = execute(
+        NOTEBOOKS / "06_whole_scan_inference.ipynb",
+        {"RUN": str(run), "TEST_DATA": str(datasets / "test"), "TEST_CASES": 1},
+    )
     text = text_of(notebook)
     assert graded_passes(notebook) == 2 and check_expected_outputs(notebook) == 2
     assert "patches (64, 64, 32), threshold 0.5" in text  # the learner's model from notebook 5
@@ -200,8 +228,11 @@ def student(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("student")
-    subprocess.run([sys.executable, str(NOTEBOOKS / "instructor.py"), "student", "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "instructor.py"), "student", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -216,10 +247,13 @@ def test_learner_version_has_skeletons_and_no_solutions(student):
     assert (student / "util.py").exists() and (student / "public_tests.py").exists()
 
 
-@pytest.mark.parametrize("name, first_check", [
-    ("02_patch_generation", "get_sub_volume: raised TypeError"),
-    ("04_loss_and_metrics", "single_class_dice_coefficient: seed example 1"),
-])
+@pytest.mark.parametrize(
+    "name, first_check",
+    [
+        ("02_patch_generation", "get_sub_volume: raised TypeError"),
+        ("04_loss_and_metrics", "single_class_dice_coefficient: seed example 1"),
+    ],
+)
 def test_learner_version_stops_at_its_first_check(student, datasets, name, first_check):
     with pytest.raises(CellExecutionError) as failure:
         execute(student / f"{name}.ipynb", {"DATA": str(datasets / "train")})
@@ -233,6 +267,8 @@ def test_later_notebook_says_in_one_line_what_is_unsolved(student):
         execute(student / "05_training.ipynb", {})
     message = ANSI.sub("", str(failure.value))
     assert failure.value.ename == "NotSolvedYet"
-    assert ("get_sub_volume (02_patch_generation) is not solved yet: get_sub_volume: raised "
-            "TypeError" in message)
+    assert (
+        "get_sub_volume (02_patch_generation) is not solved yet: get_sub_volume: raised "
+        "TypeError" in message
+    )
     assert "USE_LIBRARY_FALLBACK = True" in message

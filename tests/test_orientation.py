@@ -12,9 +12,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import small_image, small_label
 from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 
-from conftest import small_image, small_label
 from tumorseg.data import check_spacing, load_case, load_scan, scan_grid
 from tumorseg.errors import InputError
 
@@ -46,8 +46,9 @@ def write_brats_case(folder: Path, image, label, affine, affines=None) -> Path:
     folder.mkdir(parents=True)
     for channel, suffix in enumerate(SEQUENCES):
         header = (affines or {}).get(suffix, affine)
-        nib.save(nib.Nifti1Image(image[..., channel], header),
-                 folder / f"{folder.name}{suffix}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(image[..., channel], header), folder / f"{folder.name}{suffix}.nii.gz"
+        )
     brats = np.select([label == 1, label == 2, label == 3], [2, 1, 4], 0).astype(np.uint8)
     nib.save(nib.Nifti1Image(brats, affine), folder / f"{folder.name}_seg.nii.gz")
     return folder
@@ -67,8 +68,10 @@ def three_orders(tmp_path):
     for number, (name, ornt) in enumerate(ORDERS.items()):
         stored, affine = reorder(image, LPS, ornt)
         stored_label, _ = reorder(label, LPS, ornt)
-        assert nib.aff2axcodes(affine) == {"as_is": ("L", "P", "S"), "ras": ("R", "A", "S"),
-                                           "swapped": ("S", "P", "L")}[name]
+        assert (
+            nib.aff2axcodes(affine)
+            == {"as_is": ("L", "P", "S"), "ras": ("R", "A", "S"), "swapped": ("S", "P", "L")}[name]
+        )
         write_brats_case(root / f"BraTS2021_0000{number}", stored, stored_label, affine)
     return root, image, label
 
@@ -81,13 +84,18 @@ def test_every_voxel_order_loads_as_l_p_s(three_orders):
         np.testing.assert_array_equal(loaded_label, label, err_msg=name)
         assert loaded.flags.c_contiguous and loaded_label.flags.c_contiguous
         assert grid.training_shape == SHAPE
-        np.testing.assert_array_equal(grid.stored_order(loaded_label),
-                                      apply_orientation(label, ORDERS[name]))
+        np.testing.assert_array_equal(
+            grid.stored_order(loaded_label), apply_orientation(label, ORDERS[name])
+        )
 
 
 def tumorseg(*args):
-    return subprocess.run([sys.executable, "-m", "tumorseg", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tumorseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_predictions_come_back_in_each_scans_own_grid(three_orders, tmp_path):
@@ -102,8 +110,17 @@ def test_predictions_come_back_in_each_scans_own_grid(three_orders, tmp_path):
     model = unet_model_3d(input_shape=(16, 16, 8, 4), n_base_filters=2, depth=3)
     model.save(tmp_path / "tiny.keras")
     out = tmp_path / "pred"
-    result = tumorseg("predict", "--model", tmp_path / "tiny.keras", "--input", root,
-                      "--out", out, "--threshold", "0.45")
+    result = tumorseg(
+        "predict",
+        "--model",
+        tmp_path / "tiny.keras",
+        "--input",
+        root,
+        "--out",
+        out,
+        "--threshold",
+        "0.45",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     maps = {name: nib.load(out / f"BraTS2021_0000{n}.nii.gz") for n, name in enumerate(ORDERS)}
     reference = np.asarray(maps["as_is"].dataobj)
@@ -112,8 +129,9 @@ def test_predictions_come_back_in_each_scans_own_grid(three_orders, tmp_path):
         scan = nib.load(root / f"BraTS2021_0000{number}" / f"BraTS2021_0000{number}_flair.nii.gz")
         np.testing.assert_allclose(maps[name].affine, scan.affine)
         assert maps[name].shape == scan.shape and maps[name].get_data_dtype() == np.uint8
-        np.testing.assert_array_equal(np.asarray(maps[name].dataobj),
-                                      apply_orientation(reference, ornt), err_msg=name)
+        np.testing.assert_array_equal(
+            np.asarray(maps[name].dataobj), apply_orientation(reference, ornt), err_msg=name
+        )
     # evaluate reads the maps back in each scan's grid: all three agree with their truth alike
     result = tumorseg("evaluate", "--pred", out, "--truth", root, "--out", tmp_path / "m.csv")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -127,8 +145,9 @@ def test_sequences_with_different_affines_are_refused(tmp_path):
     image, label = scan_in_lps()
     ras = ornt_transform(axcodes2ornt("LPS"), axcodes2ornt("RAS"))
     _, ras_affine = reorder(label, LPS, ras)
-    case = write_brats_case(tmp_path / "data" / "BraTS2021_00000", image, label, LPS,
-                            affines={"_t1ce": ras_affine})
+    case = write_brats_case(
+        tmp_path / "data" / "BraTS2021_00000", image, label, LPS, affines={"_t1ce": ras_affine}
+    )
     with pytest.raises(InputError, match="BraTS2021_00000_t1ce.nii.gz.*BraTS2021_00000_flair"):
         load_case(case)
     result = tumorseg("info", tmp_path / "data")
@@ -167,21 +186,26 @@ def test_spacing_is_in_the_training_order_and_checked(three_orders, tmp_path):
     root, image, _ = three_orders
     anisotropic = np.diag([-1.0, -1.0, 3.0, 1.0])  # L, P, S at 1 x 1 x 3 mm
     stored, affine = reorder(image, anisotropic, ORDERS["swapped"])
-    case = write_brats_case(tmp_path / "BraTS2021_00009", stored, np.zeros(stored.shape[:3],
-                                                                           np.uint8), affine)
+    case = write_brats_case(
+        tmp_path / "BraTS2021_00009", stored, np.zeros(stored.shape[:3], np.uint8), affine
+    )
     grid = scan_grid(case)
     assert grid.spacing == (1.0, 1.0, 3.0)  # stored 3 x 1 x 1, loaded L, P, S
     check_spacing(grid, None)  # a run without a recorded spacing: no check
     check_spacing(grid, [1.0, 1.05, 2.8])  # within 10 %
-    with pytest.raises(InputError, match=r"_flair.nii.gz.*spacing 1 x 1 x 3 mm differs by more "
-                                         r"than 10% from the training spacing 1 x 1 x 1 mm"):
+    with pytest.raises(
+        InputError,
+        match=r"_flair.nii.gz.*spacing 1 x 1 x 3 mm differs by more "
+        r"than 10% from the training spacing 1 x 1 x 1 mm",
+    ):
         check_spacing(grid, [1.0, 1.0, 1.0])
 
 
 def test_predict_refuses_a_scan_at_another_spacing(tmp_path):
     image, label = scan_in_lps()
-    case = write_brats_case(tmp_path / "data" / "BraTS2021_00000", image, label,
-                            LPS @ np.diag([1.0, 1.0, 2.0, 1.0]))
+    case = write_brats_case(
+        tmp_path / "data" / "BraTS2021_00000", image, label, LPS @ np.diag([1.0, 1.0, 2.0, 1.0])
+    )
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"spacing": [1.0, 1.0, 1.0]}))

@@ -39,8 +39,9 @@ def test_patch_is_the_image_cut_at_one_offset_with_its_one_hot_label():
     label[18:22, 11:13, 9:11] = 3
     rng = np.random.default_rng(0)
     for _ in range(30):
-        X, y = patches.get_sub_volume(image, label, *shape, 16, 16, 8, background_threshold=0.9,
-                                      rng=rng)
+        X, y = patches.get_sub_volume(
+            image, label, *shape, 16, 16, 8, background_threshold=0.9, rng=rng
+        )
         x0, y0, z0 = (int(X[0, 0, 0, a]) for a in range(3))
         box = (slice(x0, x0 + 16), slice(y0, y0 + 16), slice(z0, z0 + 8))
         np.testing.assert_array_equal(X, image[box])
@@ -57,11 +58,18 @@ def test_exact_search_finds_the_only_qualifying_window():
     window, threshold = (6, 6, 4), 0.01
     assert brute_force_corners(label, window, threshold) == [(3, 20, 2)]
     for seed in range(5):
-        corner = patches.find_window(label, window, threshold, np.random.default_rng(seed),
-                                     fast_tries=0)
+        corner = patches.find_window(
+            label, window, threshold, np.random.default_rng(seed), fast_tries=0
+        )
         assert corner == (3, 20, 2)
-    X, y = patches.get_sub_volume(coordinate_volume(shape), label, *shape, *window,
-                                  background_threshold=threshold, max_tries=1)
+    X, y = patches.get_sub_volume(
+        coordinate_volume(shape),
+        label,
+        *shape,
+        *window,
+        background_threshold=threshold,
+        max_tries=1,
+    )
     assert y[..., 2].all()
 
 
@@ -72,12 +80,27 @@ def test_none_only_where_no_window_qualifies():
     assert patches.find_window(label, (4, 4, 4), 0.88) is not None
     assert brute_force_corners(label, (4, 4, 4), 0.87) == []
     with pytest.warns(UserWarning, match="no 4x4x4 window"):
-        assert patches.get_sub_volume(coordinate_volume(shape), label, *shape, 4, 4, 4,
-                                      background_threshold=0.87) is None
+        assert (
+            patches.get_sub_volume(
+                coordinate_volume(shape), label, *shape, 4, 4, 4, background_threshold=0.87
+            )
+            is None
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert patches.get_sub_volume(coordinate_volume(shape), label, *shape, 4, 4, 4,
-                                      background_threshold=0.88, max_tries=1) is not None
+        assert (
+            patches.get_sub_volume(
+                coordinate_volume(shape),
+                label,
+                *shape,
+                4,
+                4,
+                4,
+                background_threshold=0.88,
+                max_tries=1,
+            )
+            is not None
+        )
 
 
 def test_find_window_agrees_with_brute_force_and_is_uniform():
@@ -86,8 +109,10 @@ def test_find_window_agrees_with_brute_force_and_is_uniform():
         label = (rng.random((14, 12, 8)) > 0.93).astype(np.uint8)
         window, threshold = (5, 4, 3), 0.88
         expected = set(brute_force_corners(label, window, threshold))
-        draws = [patches.find_window(label, window, threshold, rng, fast_tries=trial * 4)
-                 for _ in range(60 * max(len(expected), 1))]
+        draws = [
+            patches.find_window(label, window, threshold, rng, fast_tries=trial * 4)
+            for _ in range(60 * max(len(expected), 1))
+        ]
         if not expected:
             assert set(draws) == {None}
             continue
@@ -139,8 +164,10 @@ def test_augment_switches():
     assert not np.array_equal(noisy, x) and np.abs(noisy - x).max() < 1.0
 
 
-@pytest.mark.parametrize("name, value", [("scale", 0.1), ("shift", 0.1), ("noise", 0.05),
-                                         ("gamma", 0.3), ("bias", 0.2), ("blur", 0.8)])
+@pytest.mark.parametrize(
+    "name, value",
+    [("scale", 0.1), ("shift", 0.1), ("noise", 0.05), ("gamma", 0.3), ("bias", 0.2), ("blur", 0.8)],
+)
 def test_each_augmentation_is_seeded_and_keeps_the_background(name, value):
     rng = np.random.default_rng(0)
     x = np.full((16, 16, 8, 2), -5.0, np.float32)  # background at the minimum
@@ -171,7 +198,9 @@ def test_cache_is_cropped_memory_mapped_and_reused(tumour_dataset, tmp_path):
     case = find_cases(tumour_dataset)[0]
     cached = patches.cache_case(case, tmp_path / "cache", (16, 16, 8))
     assert isinstance(cached.image, np.memmap) and cached.image.shape == (40, 32, 20, 4)
-    assert cached.label.shape == (40, 32, 20) and cached.tumour.size == np.count_nonzero(cached.label)
+    assert cached.label.shape == (40, 32, 20) and cached.tumour.size == np.count_nonzero(
+        cached.label
+    )
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert files == ["BRATS_000.image.npy", "BRATS_000.label.npy", "BRATS_000.tumour.npy"]
     mtime = (tmp_path / "cache" / "BRATS_000.image.npy").stat().st_mtime_ns
@@ -194,8 +223,9 @@ def test_sampler_is_deterministic_and_centres_on_tumour(tumour_dataset, tmp_path
         assert y.any(), "a tumour-centred patch holds tumour"
         np.testing.assert_array_equal(x, again(i)[0])
     assert not np.array_equal(sampler(0)[0], other(0)[0])
-    plain = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=0.0,
-                         augmentation=patches.NO_AUGMENTATION)
+    plain = make_sampler(
+        tumour_dataset, tmp_path / "cache", tumour_share=0.0, augmentation=patches.NO_AUGMENTATION
+    )
     x, _ = plain(0)
     np.testing.assert_allclose(x.mean(axis=(0, 1)), 0, atol=1e-4)  # standardised per slice
 
@@ -208,8 +238,9 @@ def test_tf_pipeline_is_deterministic_and_resumable(tumour_dataset, tmp_path):
     for (x1, y1), (x2, y2) in zip(first, second):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
-    resumed = list(patches.training_dataset(sampler, batch_size=2, start=4, count=4)
-                   .as_numpy_iterator())
+    resumed = list(
+        patches.training_dataset(sampler, batch_size=2, start=4, count=4).as_numpy_iterator()
+    )
     np.testing.assert_array_equal(resumed[0][0], first[2][0])
 
 
@@ -220,8 +251,11 @@ def test_bounding_box_of_non_zero_voxels_with_margin():
     mask[7, 6, 4] = 2.0
     assert patches.bounding_box(mask) == (slice(3, 8), slice(5, 9), slice(4, 12))
     assert patches.bounding_box(mask, margin=2) == (slice(1, 10), slice(3, 11), slice(2, 12))
-    assert patches.bounding_box(mask != 0, margin=(0, 1, 9)) == (slice(3, 8), slice(4, 10),
-                                                                  slice(0, 12))
+    assert patches.bounding_box(mask != 0, margin=(0, 1, 9)) == (
+        slice(3, 8),
+        slice(4, 10),
+        slice(0, 12),
+    )
     label = (mask != 0).astype(np.uint8)
     assert patches.bounding_box(label) == patches.bounding_box(mask)
     assert patches.bounding_box(np.ones((4, 5))) == (slice(0, 4), slice(0, 5))
@@ -231,14 +265,21 @@ def test_core_share_centres_patches_on_the_core(tumour_dataset, tmp_path):
     """The fixture's tumour is edema around a small enhancing core (label 3): with
     ``core_share=1`` every patch holds core; tumour-centred patches often hold only edema. With
     ``core_share=0`` the patches are those of a sampler without the setting."""
-    core = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=0.0, core_share=1.0,
-                        augmentation=patches.NO_AUGMENTATION)
+    core = make_sampler(
+        tumour_dataset,
+        tmp_path / "cache",
+        tumour_share=0.0,
+        core_share=1.0,
+        augmentation=patches.NO_AUGMENTATION,
+    )
     assert all(core(i)[1][..., 1:].any() for i in range(12))
-    tumour = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=1.0,
-                          augmentation=patches.NO_AUGMENTATION)
+    tumour = make_sampler(
+        tumour_dataset, tmp_path / "cache", tumour_share=1.0, augmentation=patches.NO_AUGMENTATION
+    )
     assert not all(tumour(i)[1][..., 1:].any() for i in range(12))
     default = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=0.6, seed=3)
-    zero = make_sampler(tumour_dataset, tmp_path / "cache", tumour_share=0.6, seed=3,
-                        core_share=0.0)
+    zero = make_sampler(
+        tumour_dataset, tmp_path / "cache", tumour_share=0.6, seed=3, core_share=0.0
+    )
     for i in range(4):
         np.testing.assert_array_equal(default(i)[0], zero(i)[0])

@@ -127,19 +127,33 @@ def sub_volume_background_kept(image, label, **kwargs):
 
 def seed_loop(corner_high=1, accept=lambda share, threshold: share < threshold, endless=False):
     """The seed's rejection loop with a chosen upper bound of the corner and acceptance test."""
-    def get_sub_volume(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
-                       output_y=160, output_z=16, num_classes=4, max_tries=1000,
-                       background_threshold=0.95):
+
+    def get_sub_volume(
+        image,
+        label,
+        orig_x=240,
+        orig_y=240,
+        orig_z=155,
+        output_x=160,
+        output_y=160,
+        output_z=16,
+        num_classes=4,
+        max_tries=1000,
+        background_threshold=0.95,
+    ):
         tries = 0
         while endless or tries < max_tries:
             tries += 1
-            x, y, z = (np.random.randint(0, o - w + corner_high)
-                       for o, w in ((orig_x, output_x), (orig_y, output_y), (orig_z, output_z)))
+            x, y, z = (
+                np.random.randint(0, o - w + corner_high)
+                for o, w in ((orig_x, output_x), (orig_y, output_y), (orig_z, output_z))
+            )
             box = (slice(x, x + output_x), slice(y, y + output_y), slice(z, z + output_z))
             encoded = np.eye(num_classes)[label[box]]
             if accept(encoded[..., 0].mean(), background_threshold):
                 return image[box].copy(), encoded[..., 1:]
         return None
+
     return get_sub_volume
 
 
@@ -148,24 +162,47 @@ sub_volume_threshold_inclusive = seed_loop(accept=lambda share, threshold: share
 sub_volume_endless_loop = seed_loop(endless=True)
 
 
-def sub_volume_label_off_by_one(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
-                                output_y=160, output_z=16, num_classes=4, max_tries=1000,
-                                background_threshold=0.95):
+def sub_volume_label_off_by_one(
+    image,
+    label,
+    orig_x=240,
+    orig_y=240,
+    orig_z=155,
+    output_x=160,
+    output_y=160,
+    output_z=16,
+    num_classes=4,
+    max_tries=1000,
+    background_threshold=0.95,
+):
     for _ in range(max_tries):
-        x, y, z = (np.random.randint(0, o - w + 1) for o, w in ((orig_x, output_x),
-                                                                 (orig_y, output_y),
-                                                                 (orig_z, output_z)))
-        window = label[x + 1:x + 1 + output_x, y:y + output_y, z:z + output_z]
+        x, y, z = (
+            np.random.randint(0, o - w + 1)
+            for o, w in ((orig_x, output_x), (orig_y, output_y), (orig_z, output_z))
+        )
+        window = label[x + 1 : x + 1 + output_x, y : y + output_y, z : z + output_z]
         if window.shape[0] == output_x and np.mean(window == 0) < background_threshold:
-            X = image[x:x + output_x, y:y + output_y, z:z + output_z]
+            X = image[x : x + output_x, y : y + output_y, z : z + output_z]
             return X, patches.one_hot(window, num_classes)
     return None
 
 
-def sub_volume_ignores_threshold(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160,
-                                 output_y=160, output_z=16, num_classes=4, **_):
-    x, y, z = (np.random.randint(0, o - w + 1) for o, w in ((orig_x, output_x), (orig_y, output_y),
-                                                             (orig_z, output_z)))
+def sub_volume_ignores_threshold(
+    image,
+    label,
+    orig_x=240,
+    orig_y=240,
+    orig_z=155,
+    output_x=160,
+    output_y=160,
+    output_z=16,
+    num_classes=4,
+    **_,
+):
+    x, y, z = (
+        np.random.randint(0, o - w + 1)
+        for o, w in ((orig_x, output_x), (orig_y, output_y), (orig_z, output_z))
+    )
     box = (slice(x, x + output_x), slice(y, y + output_y), slice(z, z + output_z))
     return image[box], patches.one_hot(label[box], num_classes)
 
@@ -173,11 +210,21 @@ def sub_volume_ignores_threshold(image, label, orig_x=240, orig_y=240, orig_z=15
 # ----------------------------------------------------------------------------- 03
 
 
-def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fixed_depth=None,
-                 batch_norm=True, relu_first=False, skip_offset=0):
+def unet_variant(
+    skip=True,
+    output="sigmoid",
+    pool_last=False,
+    doubling=True,
+    fixed_depth=None,
+    batch_norm=True,
+    relu_first=False,
+    skip_offset=0,
+):
     """The seed's U-Net with one thing changed."""
-    def unet_model_3d(input_shape=(160, 160, 16, 4), n_labels=3, depth=4, n_base_filters=32,
-                      normalization=None):
+
+    def unet_model_3d(
+        input_shape=(160, 160, 16, 4), n_labels=3, depth=4, n_base_filters=32, normalization=None
+    ):
         import keras
         from keras import layers
 
@@ -207,6 +254,7 @@ def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fi
                 x = layers.Concatenate()([x, skips[level + skip_offset]])
             x = block(block(x, skips[level].shape[-1]), skips[level].shape[-1])
         return keras.Model(inputs, layers.Conv3D(n_labels, 1, activation=output)(x))
+
     return unet_model_3d
 
 
@@ -215,17 +263,20 @@ def unet_variant(skip=True, output="sigmoid", pool_last=False, doubling=True, fi
 
 def dice_eps_numerator_only(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     return (2 * np.sum(y_true * y_pred, axis) + epsilon) / (
-        np.sum(y_true, axis) + np.sum(y_pred, axis))
+        np.sum(y_true, axis) + np.sum(y_pred, axis)
+    )
 
 
 def dice_eps_denominator_only(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
-    return 2 * np.sum(y_true * y_pred, axis) / (
-        np.sum(y_true, axis) + np.sum(y_pred, axis) + epsilon)
+    return (
+        2 * np.sum(y_true * y_pred, axis) / (np.sum(y_true, axis) + np.sum(y_pred, axis) + epsilon)
+    )
 
 
 def dice_with_squares(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     return (2 * np.sum(y_true * y_pred, axis) + epsilon) / (
-        np.sum(y_true**2, axis) + np.sum(y_pred**2, axis) + epsilon)
+        np.sum(y_true**2, axis) + np.sum(y_pred**2, axis) + epsilon
+    )
 
 
 def dice_ignores_axis(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
@@ -276,7 +327,8 @@ def loss_ignores_axis(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
 
 def dice_numpy(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     return (2 * np.sum(y_true * y_pred, axis) + epsilon) / (
-        np.sum(y_true, axis) + np.sum(y_pred, axis) + epsilon)
+        np.sum(y_true, axis) + np.sum(y_pred, axis) + epsilon
+    )
 
 
 def mean_dice_numpy(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
@@ -342,43 +394,52 @@ def sens_spec_df_background_kept(pred, label):
 
 
 def sens_spec_df_class_plus_one(pred, label):
-    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=list(data.CLASS_NAMES),
-                         dtype=float)
+    table = pd.DataFrame(
+        index=["Sensitivity", "Specificity"], columns=list(data.CLASS_NAMES), dtype=float
+    )
     for i, name in enumerate(data.CLASS_NAMES):
-        table.loc["Sensitivity", name], table.loc["Specificity", name] = \
+        table.loc["Sensitivity", name], table.loc["Specificity", name] = (
             metrics.compute_class_sens_spec(pred, label, i + 1)
+        )
     return table
 
 
 def sens_spec_df_not_rounded(pred, label):
-    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=list(data.CLASS_NAMES),
-                         dtype=float)
+    table = pd.DataFrame(
+        index=["Sensitivity", "Specificity"], columns=list(data.CLASS_NAMES), dtype=float
+    )
     for i, name in enumerate(data.CLASS_NAMES):
-        table.loc["Sensitivity", name], table.loc["Specificity", name] = \
+        table.loc["Sensitivity", name], table.loc["Specificity", name] = (
             metrics.compute_class_sens_spec(pred, label, i)
+        )
     return table
 
 
 # ----------------------------------------------------------------------------- 05
 
 
-def step_variant(training=True, axis=(0, 1, 2, 3), apply=True, sign=1.0, after=False,
-                 reduce=True):
+def step_variant(training=True, axis=(0, 1, 2, 3), apply=True, sign=1.0, after=False, reduce=True):
     def train_step(model, optimizer, x, y):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
             p = model(x, training=training)
-            loss = metrics.soft_dice_loss(y, p, axis=axis) if reduce else 1 - (
-                2 * tf.reduce_sum(y * p, axis=(1, 2, 3)) + 1e-5) / (
-                tf.reduce_sum(y * y + p * p, axis=(1, 2, 3)) + 1e-5)
+            loss = (
+                metrics.soft_dice_loss(y, p, axis=axis)
+                if reduce
+                else 1
+                - (2 * tf.reduce_sum(y * p, axis=(1, 2, 3)) + 1e-5)
+                / (tf.reduce_sum(y * y + p * p, axis=(1, 2, 3)) + 1e-5)
+            )
         gradients = tape.gradient(loss, model.trainable_variables)
         if apply:
-            optimizer.apply_gradients((sign * g, v) for g, v in zip(gradients,
-                                                                    model.trainable_variables))
+            optimizer.apply_gradients(
+                (sign * g, v) for g, v in zip(gradients, model.trainable_variables)
+            )
         if after:
             return metrics.soft_dice_loss(y, model(x, training=True), axis=axis)
         return loss
+
     return train_step
 
 
@@ -538,8 +599,9 @@ def _name(wrong) -> str:
     return getattr(wrong, "__qualname__", repr(wrong))
 
 
-@pytest.mark.parametrize("exercise, wrong, says", WRONG,
-                         ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(WRONG)])
+@pytest.mark.parametrize(
+    "exercise, wrong, says", WRONG, ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(WRONG)]
+)
 def test_wrong_versions_fail_with_a_message(exercise, wrong, says, monkeypatch):
     monkeypatch.setattr(public_tests, "SECONDS_PER_CALL", 2.0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -560,14 +622,20 @@ def test_every_exercise_has_wrong_versions():
 
 def _exercise_cell(notebook: str, grade_id: str) -> str:
     cells = json.loads((NOTEBOOKS / f"{notebook}.ipynb").read_text())["cells"]
-    return next("".join(c["source"]) for c in cells
-                if c["metadata"].get("nbgrader", {}).get("grade_id") == grade_id)
+    return next(
+        "".join(c["source"])
+        for c in cells
+        if c["metadata"].get("nbgrader", {}).get("grade_id") == grade_id
+    )
 
 
-@pytest.mark.parametrize("later, earlier, wrong_earlier", [
-    ("get_sens_spec_df", "compute_class_sens_spec", sens_spec_precision),
-    ("train_step", "soft_dice_loss", loss_numpy),
-])
+@pytest.mark.parametrize(
+    "later, earlier, wrong_earlier",
+    [
+        ("get_sens_spec_df", "compute_class_sens_spec", sens_spec_precision),
+        ("train_step", "soft_dice_loss", loss_numpy),
+    ],
+)
 def test_a_later_exercise_is_graded_on_its_own(later, earlier, wrong_earlier, capsys):
     """The solution of a later exercise whose earlier one (in its namespace) is wrong passes:
     its check uses the library's version of the earlier one and says so, then puts the
@@ -576,14 +644,17 @@ def test_a_later_exercise_is_graded_on_its_own(later, earlier, wrong_earlier, ca
     exec(_exercise_cell(public_tests.EXERCISES[later].notebook, later), namespace)
     getattr(public_tests, f"test_{later}")(namespace[later])
     out = capsys.readouterr().out
-    assert (f"({earlier} does not pass its own check yet, so this check used the library's "
-            f"version of it.)") in out
+    assert (
+        f"({earlier} does not pass its own check yet, so this check used the library's "
+        f"version of it.)"
+    ) in out
     assert "All tests passed." in out
     assert namespace[earlier] is wrong_earlier
 
 
 def test_a_check_prints_only_its_verdict(capsys):
     """What the learner's function prints (the skeleton's "Giving up" line) stays out."""
+
     def chatty_get_sub_volume(*args, **kwargs):
         print("Tried 5 times to find a sub-volume. Giving up...")
         return patches.get_sub_volume(*args, **kwargs)

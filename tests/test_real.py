@@ -37,8 +37,9 @@ def test_labels_map_brats_2021_values_to_the_seeds(real_cases):
         stored = np.asarray(nib.load(case.label).dataobj)
         for brats, seed in ((0, 0), (1, 2), (2, 1), (4, 3)):
             assert np.array_equal(label == seed, stored == brats), (name, brats, seed)
-    counts = {name: np.bincount(label.ravel(), minlength=4) for name, (_, _, label)
-              in real_cases.items()}
+    counts = {
+        name: np.bincount(label.ravel(), minlength=4) for name, (_, _, label) in real_cases.items()
+    }
     assert counts["TCGA-DU-7294"][3] == 0, "TCGA-DU-7294 has no enhancing tumour"
     assert (counts["OtherEXampleFromTCIA"][1:] > 1000).all(), "all three classes"
 
@@ -49,8 +50,10 @@ def test_display_is_radiological(real_cases):
     case, image, label = real_cases["OtherEXampleFromTCIA"]
     affine = nib.load(case.reference).affine
     shape = image.shape[:3]
-    world = {axis: (affine[axis, :3] @ np.indices(shape).reshape(3, -1)).reshape(shape)
-             + affine[axis, 3] for axis in range(3)}  # RAS: +x right, +y front, +z top
+    world = {
+        axis: (affine[axis, :3] @ np.indices(shape).reshape(3, -1)).reshape(shape) + affine[axis, 3]
+        for axis in range(3)
+    }  # RAS: +x right, +y front, +z top
     z = int(np.argmax(np.count_nonzero(label, axis=(0, 1))))
     axial_y, axial_x = take_slice(world[1], "axial", z), take_slice(world[0], "axial", z)
     assert (np.diff(axial_y, axis=0) < 0).all(), "front of the head at the top"
@@ -69,8 +72,18 @@ def test_evaluate_prints_the_pair_beside_the_algorithms_agreement(real_cases, tm
 
     for name, (case, _, label) in real_cases.items():
         save_nifti(label, tmp_path / "pred" / f"{name}.nii.gz", case.reference)  # perfect
-    run = [sys.executable, "-m", "tumorseg", "evaluate", "--pred", tmp_path / "pred", "--truth",
-           REAL / "labelled", "--agreement", REAL / "labelled-algorithms"]
+    run = [
+        sys.executable,
+        "-m",
+        "tumorseg",
+        "evaluate",
+        "--pred",
+        tmp_path / "pred",
+        "--truth",
+        REAL / "labelled",
+        "--agreement",
+        REAL / "labelled-algorithms",
+    ]
     result = subprocess.run(run, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}

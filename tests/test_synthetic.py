@@ -34,17 +34,30 @@ def test_shifted_contrasts_lie_outside_the_training_range():
         return np.abs(np.log(synthetic.draw_contrast(rng(1), r) / synthetic.CONTRAST))
 
     assert SHIFTED.contrast[0] >= DEFAULT.contrast[1]
-    for field in ("gamma", "noise", "blur", "bias", "radius", "irregularity", "mass_effect",
-                  "deformation", "texture", "scale"):
+    for field in (
+        "gamma",
+        "noise",
+        "blur",
+        "bias",
+        "radius",
+        "irregularity",
+        "mass_effect",
+        "deformation",
+        "texture",
+        "scale",
+    ):
         assert getattr(SHIFTED, field)[0] >= getattr(DEFAULT, field)[1], field
     assert factors(SHIFTED).mean() > factors(DEFAULT).mean()
 
 
-@pytest.mark.parametrize("function, args", [
-    (synthetic.smooth_field, ((20, 18, 9), 6)),
-    (synthetic.bias_field, ((20, 18, 9), 0.3)),
-    (synthetic.draw_contrast, ()),
-])
+@pytest.mark.parametrize(
+    "function, args",
+    [
+        (synthetic.smooth_field, ((20, 18, 9), 6)),
+        (synthetic.bias_field, ((20, 18, 9), 0.3)),
+        (synthetic.draw_contrast, ()),
+    ],
+)
 def test_each_random_function_is_seeded(function, args):
     a, b, c = (function(*args, rng(*key)) for key in ((5, 1), (5, 1), (5, 2)))
     np.testing.assert_array_equal(a, b)
@@ -91,8 +104,9 @@ def test_synthesize_case_is_deterministic(fixed_case):
     assert not np.array_equal(other, image)
 
 
-@pytest.mark.parametrize("name", ["contrast", "gamma", "thick slices", "mass effect",
-                                  "vessels (T1gd)", "no enhancement"])
+@pytest.mark.parametrize(
+    "name", ["contrast", "gamma", "thick slices", "mass effect", "vessels (T1gd)", "no enhancement"]
+)
 def test_each_randomisation_changes_the_case(name, fixed_case):
     """Each randomisation of the figure, on its own, changes the fixed case."""
     image, label = synthetic.synthesize_case(0, 1, replace(FIXED, **synthetic.SHOWCASE[name]))
@@ -119,8 +133,9 @@ def test_a_folder_of_other_generator_ranges_is_refused(tmp_path):
     synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)
     synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)  # same
     with pytest.raises(InputError, match="dataset.json.*other custom generator ranges"):
-        synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False,
-                                generator=replace(FIXED, radius=(3.0, 3.0)))
+        synthetic.write_dataset(
+            tmp_path, cases=0, seed=0, progress=False, generator=replace(FIXED, radius=(3.0, 3.0))
+        )
     with pytest.raises(InputError, match="of the custom generator, not default"):
         synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False)
     manifest = tmp_path / "dataset.json"  # as written before the ranges were recorded
@@ -170,4 +185,3 @@ def test_upsample_linear_matches_ndimage_zoom():
     for shape in ((17, 26, 13), (20, 28, 16), (5, 7, 4)):
         zoomed = ndimage.zoom(small, [s / t for s, t in zip(shape, small.shape)], order=1)
         np.testing.assert_allclose(synthetic.upsample_linear(small, shape), zoomed, atol=1e-5)
-

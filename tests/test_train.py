@@ -16,8 +16,8 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import write_tumour_dataset
+
 from tumorseg.model import ModelConfig, load_model
 from tumorseg.train import TrainConfig
 
@@ -36,8 +36,14 @@ def tiny_config(data, tmp_path, **overrides):
 
 
 def tumorseg(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tumorseg", *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env=env, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "tumorseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,15 @@ def make_dataset(root):
 def test_run_folder_holds_everything(trained_run):
     run, data = trained_run
     names = {p.name for p in run.iterdir()}
-    assert {"config.json", "model.keras", "state.json", "history.csv", "curves.png", "logs",
-            "checkpoint-0003.keras"} <= names
+    assert {
+        "config.json",
+        "model.keras",
+        "state.json",
+        "history.csv",
+        "curves.png",
+        "logs",
+        "checkpoint-0003.keras",
+    } <= names
     assert not [n for n in names if ".tmp" in n]
     config = TrainConfig.load(run / "config.json")
     assert config.model == TINY and config.epochs == 3
@@ -102,9 +115,11 @@ def test_killed_training_resumes_as_if_never_interrupted(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "tumorseg", "train", "--config", str(config),
-                                "--out", str(out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tumorseg", "train", "--config", str(config), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (out / "state.json").exists():
         assert process.poll() is None and time.time() < deadline, "training ended too early"
@@ -119,8 +134,10 @@ def test_killed_training_resumes_as_if_never_interrupted(tmp_path):
     resumed, expected = (json.loads((run / "state.json").read_text()) for run in (out, reference))
     assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3, 4]
     assert resumed["history"] == expected["history"]
-    assert (resumed["ended"], resumed["best_val_dice"]) == (expected["ended"],
-                                                           expected["best_val_dice"])
+    assert (resumed["ended"], resumed["best_val_dice"]) == (
+        expected["ended"],
+        expected["best_val_dice"],
+    )
     assert sorted(p.name for p in out.glob("checkpoint-*.keras")) == ["checkpoint-0004.keras"]
     for name in ("checkpoint-0004.keras", "model.keras"):
         for a, b in zip(weights_of(out / name), weights_of(reference / name), strict=True):
@@ -133,8 +150,9 @@ def test_resume_restores_early_stopping(tmp_path):
     from tumorseg.train import resume, train
 
     data = make_dataset(tmp_path / "data")
-    config = TrainConfig.load(tiny_config(data, tmp_path, epochs=1, steps_per_epoch=2,
-                                          early_stopping_patience=3))
+    config = TrainConfig.load(
+        tiny_config(data, tmp_path, epochs=1, steps_per_epoch=2, early_stopping_patience=3)
+    )
     train(config, tmp_path / "run", verbose=0)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     state |= {"best_val_dice": 1.5, "epochs_without_improvement": 2}
@@ -186,8 +204,9 @@ print("RESULT", moved, difference)
 def test_replicas_apply_the_mean_of_their_gradients():
     """Two replicas with different batches take one SGD step: the weights move by the gradient
     of the mean of their losses (the loss is divided by the number of replicas)."""
-    result = subprocess.run([sys.executable, "-c", DIVISION_SCRIPT], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", DIVISION_SCRIPT], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     moved, difference = map(float, result.stdout.split("RESULT")[1].split())
     assert moved > 1e-3, "the step must move the weights"
@@ -207,15 +226,37 @@ def test_two_workers_share_one_run_folder(tmp_path):
     ports = [free_port(), free_port()]
     workers = []
     for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-            "task": {"type": "worker", "index": index}}))
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps(
+                {
+                    "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                    "task": {"type": "worker", "index": index},
+                }
+            ),
+        )
         if index == 1:
             env["TUMORSEG_SLOW_START_SECONDS"] = "30"
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tumorseg", "train", "--config", str(config), "--out",
-             str(out), "--strategy", "multiworker"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tumorseg",
+                    "train",
+                    "--config",
+                    str(config),
+                    "--out",
+                    str(out),
+                    "--strategy",
+                    "multiworker",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for worker in workers:
@@ -227,13 +268,24 @@ def test_two_workers_share_one_run_folder(tmp_path):
             worker.kill()
     state = json.loads((out / "state.json").read_text())
     assert state["ended"] == "time limit" and 1 <= state["epoch"] < 50
-    ends = [line for text in outputs for line in text.splitlines() if " after " in line
-            and "best validation Dice" in line]
+    ends = [
+        line
+        for text in outputs
+        for line in text.splitlines()
+        if " after " in line and "best validation Dice" in line
+    ]
     assert len(ends) == 2 and ends[0] == ends[1], outputs  # the same epoch on both workers
     assert TrainConfig.load(out / "config.json").strategy == "multiworker"
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "state.json", "model.keras", "history.csv", "cache", "logs",
-            f"checkpoint-{state['epoch']:04d}.keras"} <= names
+    assert {
+        "config.json",
+        "state.json",
+        "model.keras",
+        "history.csv",
+        "cache",
+        "logs",
+        f"checkpoint-{state['epoch']:04d}.keras",
+    } <= names
     assert not [n for n in names if ".tmp" in n or "worker" in n]
     assert "threshold" in state
 
@@ -279,7 +331,9 @@ def test_predict_refuses_to_overwrite_and_bad_models(trained_run, tmp_path):
     target = tmp_path / "one.nii.gz"
     target.write_bytes(b"keep me")
     result = tumorseg("predict", "--model", run, "--input", image, "--out", target)
-    assert result.returncode == 2 and "one.nii.gz" in result.stderr and "--overwrite" in result.stderr
+    assert (
+        result.returncode == 2 and "one.nii.gz" in result.stderr and "--overwrite" in result.stderr
+    )
     assert target.read_bytes() == b"keep me"
     result = tumorseg("predict", "--model", run, "--input", image, "--out", target, "--overwrite")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -290,17 +344,38 @@ def test_predict_refuses_to_overwrite_and_bad_models(trained_run, tmp_path):
     result = tumorseg("predict", "--model", fake, "--input", image, "--out", tmp_path / "x.nii.gz")
     assert result.returncode == 2 and "fake.keras" in result.stderr
     assert "not a Keras model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = tumorseg("predict", "--model", run, "--input", tmp_path / "missing.nii.gz",
-                      "--out", tmp_path / "y.nii.gz")
+    result = tumorseg(
+        "predict",
+        "--model",
+        run,
+        "--input",
+        tmp_path / "missing.nii.gz",
+        "--out",
+        tmp_path / "y.nii.gz",
+    )
     assert result.returncode == 2 and "missing.nii.gz: no such file" in result.stderr
 
 
 def test_killed_predict_leaves_no_partial_output(trained_run, tmp_path):
     run, data = trained_run
     out = tmp_path / "pred"
-    process = subprocess.Popen([sys.executable, "-m", "tumorseg", "predict", "--model", str(run),
-                                "--input", str(data), "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tumorseg",
+            "predict",
+            "--model",
+            str(run),
+            "--input",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     first = process.stdout.readline()  # the first case is written
     assert "BRATS_000" in first
     process.send_signal(signal.SIGKILL)
@@ -314,8 +389,9 @@ def test_time_limit_stops_between_epochs(tmp_path):
     from tumorseg.train import TrainConfig, train
 
     data = make_dataset(tmp_path / "data")
-    config = TrainConfig.load(tiny_config(data, tmp_path, epochs=50, steps_per_epoch=2,
-                                          time_limit_minutes=0.05))
+    config = TrainConfig.load(
+        tiny_config(data, tmp_path, epochs=50, steps_per_epoch=2, time_limit_minutes=0.05)
+    )
     state = train(config, tmp_path / "run", verbose=0)
     assert 1 <= len(state["history"]) < 50 and state["ended"] == "time limit"
     assert json.loads((tmp_path / "run" / "state.json").read_text())["ended"] == "time limit"
@@ -380,8 +456,9 @@ def test_resume_redoes_a_killed_calibration(trained_run, tmp_path):
     after = json.loads((run / "state.json").read_text())
     assert after["threshold"] in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
     assert after["history"] == state["history"]
-    assert {k: v for k, v in digests(run).items() if k != "state.json"} == \
-        {k: v for k, v in before.items() if k != "state.json"}
+    assert {k: v for k, v in digests(run).items() if k != "state.json"} == {
+        k: v for k, v in before.items() if k != "state.json"
+    }
 
 
 def test_resume_with_epochs_extends_the_run(trained_run, tmp_path):
@@ -399,8 +476,13 @@ def test_resume_with_epochs_extends_the_run(trained_run, tmp_path):
 def test_resume_refuses_settings_it_cannot_honour(trained_run):
     run, data = trained_run
     before = digests(run)
-    for option, value in (("--batch-size", 3), ("--steps-per-epoch", 2), ("--seed", 1),
-                          ("--preset", "seed"), ("--epochs", 2)):
+    for option, value in (
+        ("--batch-size", 3),
+        ("--steps-per-epoch", 2),
+        ("--seed", 1),
+        ("--preset", "seed"),
+        ("--epochs", 2),
+    ):
         result = tumorseg("train", "--out", run, "--resume", option, value)
         assert result.returncode == 2, (option, result.stderr)
         lines = result.stderr.strip().splitlines()
@@ -419,12 +501,18 @@ def test_config_run_honours_the_options_given_with_it(trained_run, tmp_path):
 
 def test_malformed_tf_config_is_one_line(trained_run, tmp_path):
     run, data = trained_run
-    for value, words in (("{not json", "not valid JSON"), ('{"cluster": {}}', "worker"),
-                         ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", '
-                          '"index": 3}}', "index")):
+    for value, words in (
+        ("{not json", "not valid JSON"),
+        ('{"cluster": {}}', "worker"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+            "index",
+        ),
+    ):
         env = dict(os.environ, TF_CONFIG=value)
-        result = tumorseg("train", "--data", data, "--out", tmp_path / "mw", "--strategy",
-                          "multiworker", env=env)
+        result = tumorseg(
+            "train", "--data", data, "--out", tmp_path / "mw", "--strategy", "multiworker", env=env
+        )
         assert result.returncode == 2, (value, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tumorseg: error: TF_CONFIG: "), lines
@@ -437,11 +525,26 @@ def test_malformed_tf_config_is_one_line(trained_run, tmp_path):
 def test_predict_refuses_bad_option_values(trained_run, tmp_path):
     run, data = trained_run
     image = data / "imagesTr" / "BRATS_000.nii.gz"
-    for option, value in (("--overlap", 1), ("--overlap", -0.1), ("--batch-size", 0),
-                          ("--threshold", 1), ("--threshold", -0.5), ("--threshold", "x"),
-                          ("--precision", "fp8")):
-        result = tumorseg("predict", "--model", run, "--input", image, "--out",
-                          tmp_path / "p.nii.gz", option, value)
+    for option, value in (
+        ("--overlap", 1),
+        ("--overlap", -0.1),
+        ("--batch-size", 0),
+        ("--threshold", 1),
+        ("--threshold", -0.5),
+        ("--threshold", "x"),
+        ("--precision", "fp8"),
+    ):
+        result = tumorseg(
+            "predict",
+            "--model",
+            run,
+            "--input",
+            image,
+            "--out",
+            tmp_path / "p.nii.gz",
+            option,
+            value,
+        )
         assert result.returncode == 2, (option, value, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and option in lines[0], (option, value, result.stderr)
@@ -461,8 +564,17 @@ def foreign_model_file(path):
 def test_bf16_for_a_foreign_model_is_refused(trained_run, tmp_path):
     run, data = trained_run
     model = foreign_model_file(tmp_path / "foreign.keras")
-    result = tumorseg("predict", "--model", model, "--input", data / "imagesTr" / "BRATS_000.nii.gz",
-                      "--out", tmp_path / "p.nii.gz", "--precision", "bf16")
+    result = tumorseg(
+        "predict",
+        "--model",
+        model,
+        "--input",
+        data / "imagesTr" / "BRATS_000.nii.gz",
+        "--out",
+        tmp_path / "p.nii.gz",
+        "--precision",
+        "bf16",
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--precision" in lines[0] and "foreign.keras" in lines[0]
@@ -485,7 +597,9 @@ def test_threshold_zero_means_zero_and_provenance_is_written(trained_run, tmp_pa
     assert (record["overlap"], record["tta"], record["precision"]) == (0.25, False, "float32")
     assert record["tumorseg_version"] and record["time"].endswith("+00:00")
     assert [o["output"] for o in record["outputs"]] == [f"BRATS_00{i}.nii.gz" for i in range(3)]
-    assert record["outputs"][1]["inputs"] == [str((data / "imagesTr" / "BRATS_001.nii.gz").resolve())]
+    assert record["outputs"][1]["inputs"] == [
+        str((data / "imagesTr" / "BRATS_001.nii.gz").resolve())
+    ]
 
 
 def test_a_bare_keras_file_predicts_with_defaults_said_in_one_line(trained_run, tmp_path):
@@ -494,8 +608,9 @@ def test_a_bare_keras_file_predicts_with_defaults_said_in_one_line(trained_run, 
     bare.parent.mkdir()
     shutil.copy(run / "model.keras", bare)
     out = tmp_path / "one.nii.gz"
-    result = tumorseg("predict", "--model", bare, "--input", data / "imagesTr" / "BRATS_000.nii.gz",
-                      "--out", out)
+    result = tumorseg(
+        "predict", "--model", bare, "--input", data / "imagesTr" / "BRATS_000.nii.gz", "--out", out
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     notes = [line for line in result.stderr.splitlines() if line.startswith("tumorseg:")]
     assert len(notes) == 1 and "no run folder" in notes[0] and "threshold 0.5" in notes[0]
@@ -515,10 +630,26 @@ def test_sigkill_while_a_prediction_is_written_leaves_no_partial_file(trained_ru
     nib.save(nib.Nifti1Image(image, np.eye(4)), source)
     out = tmp_path / "pred"
     target = out / "big.nii.gz"
-    process = subprocess.Popen([sys.executable, "-m", "tumorseg", "predict", "--model", str(run),
-                                "--input", str(source), "--out", str(out), "--threshold", "0",
-                                "--batch-size", "64"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tumorseg",
+            "predict",
+            "--model",
+            str(run),
+            "--input",
+            str(source),
+            "--out",
+            str(out),
+            "--threshold",
+            "0",
+            "--batch-size",
+            "64",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (out.exists() and any(out.iterdir())):
         assert process.poll() is None and time.time() < deadline, "predict ended before writing"
@@ -547,28 +678,40 @@ def bad_config(tmp_path, change):
 BAD_FILES = {
     "epochs 0": (lambda v: v.update(epochs=0), "epochs: must be at least 1"),
     "batch_size 0": (lambda v: v.update(batch_size=0), "batch_size: must be at least 1"),
-    "unpoolable patch": (lambda v: v["model"].update(patch_shape=[16, 16, 6]),
-                         "model.patch_shape: [16, 16, 6] cannot be pooled 2 times"),
+    "unpoolable patch": (
+        lambda v: v["model"].update(patch_shape=[16, 16, 6]),
+        "model.patch_shape: [16, 16, 6] cannot be pooled 2 times",
+    ),
     "unknown key": (lambda v: v.update(epoch=3), "epoch: unknown setting"),
     "unknown model key": (lambda v: v["model"].update(filters=3), "model.filters: unknown"),
-    "wrong type": (lambda v: v.update(steps_per_epoch="ten"), "steps_per_epoch: must be an "
-                                                             "integer, got 'ten'"),
+    "wrong type": (
+        lambda v: v.update(steps_per_epoch="ten"),
+        "steps_per_epoch: must be an integer, got 'ten'",
+    ),
     "bool for int": (lambda v: v.update(batch_size=True), "batch_size: must be an integer"),
     "negative seed": (lambda v: v.update(seed=-1), "seed: must be at least 0"),
     "missing key": (lambda v: v.pop("learning_rate"), "learning_rate: missing"),
     "bad strategy": (lambda v: v.update(strategy="ring"), "strategy: must be one of"),
-    "not a mapping": (lambda v: v["augmentation"].clear() or v.update(augmentation=[1]),
-                      "augmentation: must be a mapping"),
+    "not a mapping": (
+        lambda v: v["augmentation"].clear() or v.update(augmentation=[1]),
+        "augmentation: must be a mapping",
+    ),
     "bad loss": (lambda v: v.update(loss="focal"), "loss: must be one of dice, dice_ce"),
     "bad optimizer": (lambda v: v.update(optimizer="rmsprop"), "optimizer: must be one of"),
     "bad schedule": (lambda v: v.update(schedule="step"), "schedule: must be one of"),
     "bad output": (lambda v: v["model"].update(output="labels"), "model.output: must be one"),
-    "shares over 1": (lambda v: v.update(core_share=0.5), "core_share: tumour_share + "
-                                                          "core_share must be at most 1"),
-    "too deep supervision": (lambda v: v.update(deep_supervision=2),
-                             "deep_supervision: a network of depth 3 has 1 lower decoder"),
-    "negative threads": (lambda v: v.update(intra_op_threads=-1), "intra_op_threads: must be "
-                                                                  "at least 0"),
+    "shares over 1": (
+        lambda v: v.update(core_share=0.5),
+        "core_share: tumour_share + core_share must be at most 1",
+    ),
+    "too deep supervision": (
+        lambda v: v.update(deep_supervision=2),
+        "deep_supervision: a network of depth 3 has 1 lower decoder",
+    ),
+    "negative threads": (
+        lambda v: v.update(intra_op_threads=-1),
+        "intra_op_threads: must be at least 0",
+    ),
     "jit not bool": (lambda v: v.update(jit_compile=1), "jit_compile: must be true or false"),
 }
 
@@ -584,9 +727,14 @@ def test_a_bad_config_file_exits_2_naming_file_and_key(tmp_path, name):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args, option", [(("--seed", "-1"), "--seed"),
-                                          (("--epochs", "0"), "--epochs"),
-                                          (("--batch-size", "0"), "--batch-size")])
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (("--seed", "-1"), "--seed"),
+        (("--epochs", "0"), "--epochs"),
+        (("--batch-size", "0"), "--batch-size"),
+    ],
+)
 def test_a_bad_option_exits_2_naming_it(tmp_path, args, option):
     result = tumorseg("train", "--data", tmp_path, "--out", tmp_path / "run", *args)
     lines = result.stderr.strip().splitlines()
@@ -617,15 +765,16 @@ def test_a_missing_gpu_is_said_when_one_was_expected(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda *args: [cpu])
     log = "I cudart_stub.cc:31] noise\nW dso_loader.cc] Could not load library libcudnn.so.9\n"
     assert describe_devices("default", "cpu", log) == "TensorFlow devices: CPU:0"
-    for strategy, preset, words in (("mirrored", "cpu", "the mirrored strategy"),
-                                    ("default", "seed", "the seed preset")):
+    for strategy, preset, words in (
+        ("mirrored", "cpu", "the mirrored strategy"),
+        ("default", "seed", "the seed preset"),
+    ):
         lines = describe_devices(strategy, preset, log).splitlines()
         assert len(lines) == 2 and lines[0] == "TensorFlow devices: CPU:0"
         assert "no GPU loaded" in lines[1] and words in lines[1] and "libcudnn.so.9" in lines[1]
 
 
-def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_path,
-                                                             monkeypatch):
+def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_path, monkeypatch):
     import tumorseg.metrics
     import tumorseg.model
     from tumorseg.data import find_cases
@@ -634,11 +783,19 @@ def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_pa
     run = copy_run(trained_run[0], tmp_path)
     builds, flips = [], []
     build_model = tumorseg.model.build_model
-    monkeypatch.setattr(tumorseg.model, "build_model",
-                        lambda *args, **kwargs: builds.append(1) or build_model(*args, **kwargs))
+    monkeypatch.setattr(
+        tumorseg.model,
+        "build_model",
+        lambda *args, **kwargs: builds.append(1) or build_model(*args, **kwargs),
+    )
     predict = Predictor.predict
-    monkeypatch.setattr(Predictor, "predict", lambda self, image, **options: flips.append(
-        options.get("tta")) or predict(self, image, **options))
+    monkeypatch.setattr(
+        Predictor,
+        "predict",
+        lambda self, image, **options: (
+            flips.append(options.get("tta")) or predict(self, image, **options)
+        ),
+    )
 
     def no_hd95(*args, **kwargs):
         raise AssertionError("calibration computed HD95")
@@ -658,9 +815,16 @@ def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_pa
 
 def test_the_default_levers_are_the_seeds_recipe(tmp_path):
     config = TrainConfig.from_preset(tmp_path, "cpu")
-    assert (config.loss, config.deep_supervision, config.core_share, config.optimizer,
-            config.schedule, config.jit_compile, config.inter_op_threads,
-            config.intra_op_threads) == ("dice", 0, 0.0, "adam", "cosine", False, 0, 0)
+    assert (
+        config.loss,
+        config.deep_supervision,
+        config.core_share,
+        config.optimizer,
+        config.schedule,
+        config.jit_compile,
+        config.inter_op_threads,
+        config.intra_op_threads,
+    ) == ("dice", 0, 0.0, "adam", "cosine", False, 0, 0)
     assert (config.model.output, config.model.precision) == ("classes", "float32")
 
 
@@ -674,7 +838,7 @@ def test_optimizer_and_schedule_settings(tmp_path):
     sgd = make_optimizer(replace(config, optimizer="sgd"))
     assert type(sgd).__name__ == "SGD" and sgd.nesterov and sgd.momentum == 0.99
     poly = learning_rate_schedule(replace(config, schedule="poly"))
-    assert poly(0) == pytest.approx(0.01) and poly(5) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly(0) == pytest.approx(0.01) and poly(5) == pytest.approx(0.01 * 0.5**0.9)
     cosine = learning_rate_schedule(config)
     assert cosine(9) == pytest.approx(0.01 * config.final_learning_rate_fraction)
 
@@ -701,8 +865,9 @@ def test_objective_of_regions_dice_ce_and_deep_supervision(tmp_path):
 
 
 def test_jit_compile_and_threads_reach_tensorflow(tmp_path, monkeypatch):
-    import tensorflow as tf
     from dataclasses import replace
+
+    import tensorflow as tf
 
     from tumorseg.model import build_model
     from tumorseg.train import configure_threads, make_train_step
@@ -718,10 +883,12 @@ def test_jit_compile_and_threads_reach_tensorflow(tmp_path, monkeypatch):
     assert getattr(plain, "_jit_compile", None) is not True
     calls = []
     threading = tf.config.threading
-    monkeypatch.setattr(threading, "set_inter_op_parallelism_threads",
-                        lambda n: calls.append(("inter", n)))
-    monkeypatch.setattr(threading, "set_intra_op_parallelism_threads",
-                        lambda n: calls.append(("intra", n)))
+    monkeypatch.setattr(
+        threading, "set_inter_op_parallelism_threads", lambda n: calls.append(("inter", n))
+    )
+    monkeypatch.setattr(
+        threading, "set_intra_op_parallelism_threads", lambda n: calls.append(("intra", n))
+    )
     configure_threads(config)
     assert calls == []
     configure_threads(replace(config, inter_op_threads=1, intra_op_threads=3))
@@ -742,42 +909,55 @@ def test_a_run_with_every_lever_trains_resumes_and_predicts(tmp_path):
 
     data = make_dataset(tmp_path / "data")
     config = TrainConfig.from_preset(data, "cpu", epochs=1, steps_per_epoch=2, batch_size=2)
-    config = replace(config, validation_patches=2, loss="dice_ce", deep_supervision=1,
-                     tumour_share=0.3, core_share=0.3, optimizer="sgd", schedule="poly",
-                     learning_rate=0.01, jit_compile=True,
-                     model=replace(TINY, normalization="instance", precision="bf16",
-                                   output="regions"))
+    config = replace(
+        config,
+        validation_patches=2,
+        loss="dice_ce",
+        deep_supervision=1,
+        tumour_share=0.3,
+        core_share=0.3,
+        optimizer="sgd",
+        schedule="poly",
+        learning_rate=0.01,
+        jit_compile=True,
+        model=replace(TINY, normalization="instance", precision="bf16", output="regions"),
+    )
     run = tmp_path / "run"
     train(config, run, verbose=0)
-    assert read_config(run) == replace(config, train_cases=read_config(run).train_cases,
-                                       valid_cases=read_config(run).valid_cases,
-                                       spacing=read_config(run).spacing)
+    assert read_config(run) == replace(
+        config,
+        train_cases=read_config(run).train_cases,
+        valid_cases=read_config(run).valid_cases,
+        spacing=read_config(run).spacing,
+    )
     state = read_state(run)
     assert len(load_model(run / state["checkpoint"]).outputs) == 2
     from_checkpoint = Predictor.from_run(run / state["checkpoint"])
     assert len(from_checkpoint.model.outputs) == 1 and from_checkpoint.output == "regions"
     state = resume(run, epochs=2, verbose=0)
     assert state["epoch"] == 2
-    assert state["history"][-1]["learning_rate"] == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-4)
+    assert state["history"][-1]["learning_rate"] == pytest.approx(0.01 * 0.5**0.9, rel=1e-4)
     predictor = Predictor.from_run(run)
     assert len(predictor.model.outputs) == 1 and predictor.output == "regions"
     assert predictor.model.get_layer("down0a_conv").dtype_policy.name == "mixed_bfloat16"
     image, _ = load_case(find_cases(data)[0])
     np.testing.assert_array_equal(
-        predictor.segment(image, 0.3),
-        to_label_map(predictor.predict(image), 0.3, "regions"))
+        predictor.segment(image, 0.3), to_label_map(predictor.predict(image), 0.3, "regions")
+    )
 
 
 def test_every_ablation_variant_is_a_valid_run_that_changes_one_thing(tmp_path):
     """Each variant of ``python -m benchmarks ablation`` makes a valid configuration, and each
     lever variant differs from the default one (a misspelt or ignored setting would not)."""
-    from benchmarks.bench_ablation import VARIANTS, variant_config
-
     from dataclasses import replace
 
+    from benchmarks.bench_ablation import VARIANTS, variant_config
+
     default = variant_config("default", 1, tmp_path)
-    assert default == replace(TrainConfig.from_preset(tmp_path, "cpu", seed=1),
-                              time_limit_minutes=default.time_limit_minutes)
+    assert default == replace(
+        TrainConfig.from_preset(tmp_path, "cpu", seed=1),
+        time_limit_minutes=default.time_limit_minutes,
+    )
     levers = [name for name, variant in VARIANTS.items() if variant.what.startswith("lever")]
     assert len(levers) == 9
     for name in VARIANTS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC
 from pathlib import Path
 
 from .errors import InputError
@@ -54,18 +55,27 @@ def cmd_info(args: argparse.Namespace) -> None:
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(table.to_string(index=False))
     tumour = table[["edema", "non-enhancing", "enhancing"]]
-    print(f"\n{len(table)} cases; mean tumour voxels per case: "
-          + ", ".join(f"{k} {v:,.0f}" for k, v in tumour.mean().items()))
+    print(
+        f"\n{len(table)} cases; mean tumour voxels per case: "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in tumour.mean().items())
+    )
 
 
 def cmd_patches(args: argparse.Namespace) -> None:
     from .seed_layout import export_patches
 
-    config = export_patches(args.data, args.out, patches_per_case=args.per_case,
-                            valid_fraction=args.valid_fraction, patch_shape=tuple(args.patch),
-                            seed=args.seed)
-    print(f"wrote {len(config['train'])} training and {len(config['valid'])} validation patches "
-          f"to {args.out} (config.json lists them)")
+    config = export_patches(
+        args.data,
+        args.out,
+        patches_per_case=args.per_case,
+        valid_fraction=args.valid_fraction,
+        patch_shape=tuple(args.patch),
+        seed=args.seed,
+    )
+    print(
+        f"wrote {len(config['train'])} training and {len(config['valid'])} validation patches "
+        f"to {args.out} (config.json lists them)"
+    )
 
 
 RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # the run fixes
@@ -80,8 +90,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     for name in RESUME_FIXED if args.resume else ():
         if getattr(args, name) is not None:
             option = "--" + name.replace("_", "-")
-            raise InputError(option, f"cannot change when resuming: {out / CONFIG_FILE} "
-                                     "fixes it (start a new run to change it)")
+            raise InputError(
+                option,
+                f"cannot change when resuming: {out / CONFIG_FILE} "
+                "fixes it (start a new run to change it)",
+            )
     if args.resume:
         if not is_run(out):
             raise InputError(out, f"no run to resume here ({CONFIG_FILE} missing)")
@@ -94,13 +107,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(describe_devices(args.strategy or config.strategy, config.preset, startup_log))
     if args.resume:
         strategy = make_strategy(args.strategy) if args.strategy else None
-        state = resume(out, epochs=args.epochs, time_limit_minutes=args.time_limit,
-                       data=args.data, strategy=strategy)
+        state = resume(
+            out,
+            epochs=args.epochs,
+            time_limit_minutes=args.time_limit,
+            data=args.data,
+            strategy=strategy,
+        )
     else:
         state = train(config, out, strategy=make_strategy(config.strategy))
-    print(f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
-          f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
-          f"model: {out / MODEL_FILE}")
+    print(
+        f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
+        f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
+        f"model: {out / MODEL_FILE}"
+    )
 
 
 def new_train_config(args: argparse.Namespace):
@@ -108,13 +128,20 @@ def new_train_config(args: argparse.Namespace):
     file, with the options given beside it."""
     from .run import TrainConfig
 
-    settings = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
-                "batch_size": args.batch_size, "seed": args.seed,
-                "time_limit_minutes": args.time_limit, "strategy": args.strategy}
+    settings = {
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "time_limit_minutes": args.time_limit,
+        "strategy": args.strategy,
+    }
     if args.config:
         if args.preset:
-            raise InputError("--preset", f"{args.config} holds the run's settings: give "
-                                         "--preset or --config, not both")
+            raise InputError(
+                "--preset",
+                f"{args.config} holds the run's settings: give --preset or --config, not both",
+            )
         config = TrainConfig.load(args.config)
         config.data = args.data or config.data
         for key, value in settings.items():
@@ -161,7 +188,7 @@ def training_spacing(model: str) -> list[float] | None:
 def cmd_predict(args: argparse.Namespace) -> None:
     quiet_tensorflow()
     import json
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from tqdm.auto import tqdm
 
@@ -181,26 +208,45 @@ def cmd_predict(args: argparse.Namespace) -> None:
         check_spacing(scan_grid(case), spacing)
     predictor = Predictor.from_run(args.model)
     if args.precision == "bf16" and predictor.config is None:
-        raise InputError("--precision", f"bf16 needs a tumorseg U-Net; {predictor.model_file} "
-                                        "is another model (use float32)")
+        raise InputError(
+            "--precision",
+            f"bf16 needs a tumorseg U-Net; {predictor.model_file} is another model (use float32)",
+        )
     if predictor.note:
         print(f"tumorseg: {predictor.note}", file=sys.stderr)
     threshold = predictor.threshold if args.threshold is None else args.threshold
-    record = {"model": str(predictor.model_file.resolve()), "model_sha256": predictor.model_sha256(),
-              "threshold": threshold, "threshold_source": "--threshold" if args.threshold
-              is not None else predictor.threshold_source, "overlap": args.overlap, "tta": args.tta, "precision": args.precision,
-              "batch_size": args.batch_size, "patch_shape": list(predictor.patch_shape),
-              "tumorseg_version": __version__, "outputs": []}
+    record = {
+        "model": str(predictor.model_file.resolve()),
+        "model_sha256": predictor.model_sha256(),
+        "threshold": threshold,
+        "threshold_source": "--threshold"
+        if args.threshold is not None
+        else predictor.threshold_source,
+        "overlap": args.overlap,
+        "tta": args.tta,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "patch_shape": list(predictor.patch_shape),
+        "tumorseg_version": __version__,
+        "outputs": [],
+    }
     for case, target in tqdm(list(zip(cases, targets)), desc="cases", unit="case", disable=None):
         image, _, grid = load_scan(case)  # in the training voxel order
-        label_map = predictor.segment(image, threshold, overlap=args.overlap, tta=args.tta,
-                                      precision=args.precision, batch_size=args.batch_size,
-                                      progress=True)
+        label_map = predictor.segment(
+            image,
+            threshold,
+            overlap=args.overlap,
+            tta=args.tta,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            progress=True,
+        )
         save_label_map(label_map, target, grid)  # back in the scan's own grid and affine
-        record["outputs"].append({"output": target.name,
-                                  "inputs": [str(path.resolve()) for path in case.images]})
+        record["outputs"].append(
+            {"output": target.name, "inputs": [str(path.resolve()) for path in case.images]}
+        )
         print(f"{case.id}: {target}", flush=True)
-    record["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["time"] = datetime.now(UTC).isoformat(timespec="seconds")
     with atomic_path(provenance) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
 
@@ -231,8 +277,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     with atomic_path(out) as tmp:
         table.to_csv(tmp, float_format="%.4f")
     if args.agreement:
-        print(f"Dice of {args.pred} on {args.truth}, beside the other segmentations in "
-              f"{args.agreement} scored against the same labels")
+        print(
+            f"Dice of {args.pred} on {args.truth}, beside the other segmentations in "
+            f"{args.agreement} scored against the same labels"
+        )
         print(format_real(table, ceiling))
     else:
         print(format_metrics(table))
@@ -248,13 +296,17 @@ def format_metrics(table) -> str:
     regions = [*CLASS_NAMES, "WT", "TC", "ET"]
     short = [f"Dice {r}" for r in ("WT", "TC", "ET")] + [f"HD95 {r}" for r in ("WT", "TC", "ET")]
     mean = table.loc["mean"]
-    summary = pd.DataFrame({measure: [mean[f"{measure} {r}"] for r in regions]
-                            for measure in ("Dice", "Sensitivity", "Specificity", "HD95")},
-                           index=regions)
-    with pd.option_context("display.width", 200, "display.max_rows", None,
-                           "display.float_format", "{:.4f}".format):
-        return (table[short].to_string() + "\n\nmean over cases (HD95 in mm)\n"
-                + summary.to_string())
+    summary = pd.DataFrame(
+        {
+            measure: [mean[f"{measure} {r}"] for r in regions]
+            for measure in ("Dice", "Sensitivity", "Specificity", "HD95")
+        },
+        index=regions,
+    )
+    with pd.option_context(
+        "display.width", 200, "display.max_rows", None, "display.float_format", "{:.4f}".format
+    ):
+        return table[short].to_string() + "\n\nmean over cases (HD95 in mm)\n" + summary.to_string()
 
 
 class Parser(argparse.ArgumentParser):
@@ -266,18 +318,23 @@ class Parser(argparse.ArgumentParser):
 
 def number(kind, low=None, high=None, high_open=False, low_open=False):
     """An argparse type: ``kind`` (int or float) within [low, high] (open where said)."""
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: "
-                                             f"{text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"not a{'n integer' if kind is int else ' number'}: {text!r}"
+            ) from None
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high:
             left, right = "(" if low_open else "[", ")" if high_open else "]"
-            bounds = f"in {left}{low}, {high}{right}" if high is not None else (
-                f"{'above' if low_open else 'at least'} {low}")
+            bounds = (
+                f"in {left}{low}, {high}{right}"
+                if high is not None
+                else (f"{'above' if low_open else 'at least'} {low}")
+            )
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
 
@@ -294,51 +351,70 @@ def build_parser() -> argparse.ArgumentParser:
     from .presets import STRATEGIES, TRAINING_PRESETS
 
     parser = Parser(prog="tumorseg", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
 
     synth = commands.add_parser("synth", help="write the synthetic phantom dataset (MSD layout)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--cases", type=POSITIVE, default=24, help="number of cases (default 24)")
     synth.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
-    synth.add_argument("--workers", type=POSITIVE, default=None,
-                       help="processes (default: cores, as memory allows)")
+    synth.add_argument(
+        "--workers",
+        type=POSITIVE,
+        default=None,
+        help="processes (default: cores, as memory allows)",
+    )
     synth.set_defaults(func=cmd_synth)
 
     info = commands.add_parser("info", help="validate every case and print a summary table")
     info.add_argument("data", metavar="DATA_DIR", help="MSD Task01 or BraTS folder")
     info.set_defaults(func=cmd_info)
 
-    patches = commands.add_parser("patches",
-                                  help="export fixed patches to the seed's processed/ layout")
+    patches = commands.add_parser(
+        "patches", help="export fixed patches to the seed's processed/ layout"
+    )
     patches.add_argument("--data", required=True, help="MSD Task01 or BraTS folder")
-    patches.add_argument("--out", required=True,
-                         help="output folder (train/, valid/, config.json)")
-    patches.add_argument("--per-case", type=POSITIVE, default=4,
-                         help="patches per case (default 4)")
-    patches.add_argument("--valid-fraction", type=SHARE_OPEN, default=0.2,
-                         help="share of cases (0.2)")
-    patches.add_argument("--patch", type=POSITIVE, nargs=3, default=SEED_PATCH_SHAPE,
-                         metavar=("X", "Y", "Z"))
+    patches.add_argument("--out", required=True, help="output folder (train/, valid/, config.json)")
+    patches.add_argument(
+        "--per-case", type=POSITIVE, default=4, help="patches per case (default 4)"
+    )
+    patches.add_argument(
+        "--valid-fraction", type=SHARE_OPEN, default=0.2, help="share of cases (0.2)"
+    )
+    patches.add_argument(
+        "--patch", type=POSITIVE, nargs=3, default=SEED_PATCH_SHAPE, metavar=("X", "Y", "Z")
+    )
     patches.add_argument("--seed", type=int, default=0)
     patches.set_defaults(func=cmd_patches)
 
-    train = commands.add_parser("train",
-                                help="train a U-Net (a run folder with config, model, logs)")
+    train = commands.add_parser(
+        "train", help="train a U-Net (a run folder with config, model, logs)"
+    )
     train.add_argument("--data", help="MSD Task01 or BraTS folder with labels")
     train.add_argument("--out", required=True, help="run folder")
-    train.add_argument("--preset", choices=list(TRAINING_PRESETS),
-                       help=f"network and training settings (default {DEFAULT_PRESET})")
+    train.add_argument(
+        "--preset",
+        choices=list(TRAINING_PRESETS),
+        help=f"network and training settings (default {DEFAULT_PRESET})",
+    )
     train.add_argument("--config", help="a run's config.json: re-create that run")
     train.add_argument("--epochs", type=POSITIVE, help="with --resume: extend the run to this many")
     train.add_argument("--steps-per-epoch", type=POSITIVE)
     train.add_argument("--batch-size", type=POSITIVE, help="patches per replica per step")
-    train.add_argument("--resume", action="store_true",
-                       help="complete the run in --out (a finished run stays as it is)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="complete the run in --out (a finished run stays as it is)",
+    )
     train.add_argument("--strategy", choices=STRATEGIES)
     train.add_argument("--seed", type=number(int, 0), help="run seed (at least 0)")
-    train.add_argument("--time-limit", type=number(float, 0, low_open=True), metavar="MINUTES",
-                       help="start no epoch that would end past this many minutes of training")
+    train.add_argument(
+        "--time-limit",
+        type=number(float, 0, low_open=True),
+        metavar="MINUTES",
+        help="start no epoch that would end past this many minutes of training",
+    )
     train.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="segment whole scans (NIfTI uint8 out)")
@@ -347,8 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output .nii.gz (one case) or folder")
     predict.add_argument("--overlap", type=SHARE, default=0.25, help="window overlap (0.25)")
     predict.add_argument("--tta", action="store_true", help="average with the flipped scan")
-    predict.add_argument("--threshold", type=SHARE,
-                         help="label-map threshold (default: the run's calibrated one, else 0.5)")
+    predict.add_argument(
+        "--threshold",
+        type=SHARE,
+        help="label-map threshold (default: the run's calibrated one, else 0.5)",
+    )
     predict.add_argument("--precision", choices=PRECISIONS, default="float32")
     predict.add_argument("--batch-size", type=POSITIVE, default=1, help="windows per forward pass")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -358,9 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", required=True, help="folder of <case id>.nii.gz predictions")
     evaluate.add_argument("--truth", required=True, help="the labelled dataset")
     evaluate.add_argument("--out", help="CSV path (default PRED/metrics.csv)")
-    evaluate.add_argument("--agreement", metavar="DIR",
-                          help="other segmentations of the cases (DIR/<case>/<name>-20.nii.gz, "
-                               "BraTS values): print the Dice beside theirs (data/real)")
+    evaluate.add_argument(
+        "--agreement",
+        metavar="DIR",
+        help="other segmentations of the cases (DIR/<case>/<name>-20.nii.gz, "
+        "BraTS values): print the Dice beside theirs (data/real)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -89,16 +89,26 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
         raise InputError(root, "no such file or directory")
     if root.is_file():
         return [Case(_strip_nifti_suffix(root.name), MSD.name, (root,))]
-    if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir() or (root / "dataset.json").exists():
+    if (
+        (root / "imagesTr").is_dir()
+        or (root / "imagesTs").is_dir()
+        or (root / "dataset.json").exists()
+    ):
         cases = _find_msd_cases(root)
     elif _case_folder_layout(root) is not None:
         cases = [_brats_case(root)]
     else:
-        cases = [_brats_case(folder) for folder in sorted(root.iterdir())
-                 if folder.is_dir() and _case_folder_layout(folder) is not None]
+        cases = [
+            _brats_case(folder)
+            for folder in sorted(root.iterdir())
+            if folder.is_dir() and _case_folder_layout(folder) is not None
+        ]
     if not cases:
-        raise InputError(root, "no cases found (expected an MSD Task01 folder with imagesTr/, "
-                               "BraTS case folders, or a NIfTI file)")
+        raise InputError(
+            root,
+            "no cases found (expected an MSD Task01 folder with imagesTr/, "
+            "BraTS case folders, or a NIfTI file)",
+        )
     return cases
 
 
@@ -110,11 +120,14 @@ def _strip_nifti_suffix(name: str) -> str:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    """NIfTI files in a folder, skipping hidden files (MSD's tarball carries '._*' resource forks)."""
+    """NIfTI files in a folder, skipping hidden files (MSD's tarball has '._*' resource forks)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
+    )
 
 
 def _find_msd_cases(root: Path) -> list[Case]:
@@ -153,8 +166,9 @@ def _brats_case(folder: Path) -> Case:
     for suffix, channel in zip(layout.sequence_suffixes, CHANNELS):
         path = find(suffix)
         if path is None:
-            raise InputError(folder, f"missing BraTS sequence {channel} "
-                                     f"(expected {folder.name}{suffix}.nii.gz)")
+            raise InputError(
+                folder, f"missing BraTS sequence {channel} (expected {folder.name}{suffix}.nii.gz)"
+            )
         images.append(path)
     return Case(folder.name, layout.name, tuple(images), find(layout.label_suffix))
 
@@ -206,8 +220,9 @@ class Grid:
         return np.ascontiguousarray(apply_orientation(array, self.to_stored))
 
 
-def training_orientation(affine: np.ndarray, layout: str, path: Path,
-                         spatial_header: bool = True) -> np.ndarray:
+def training_orientation(
+    affine: np.ndarray, layout: str, path: Path, spatial_header: bool = True
+) -> np.ndarray:
     """The orientation ``(3, 2)`` that brings a file's voxels to :data:`TRAINING_AXES`.
 
     An MSD-layout file whose affine has an identity rotation-zoom part is L, P, S already
@@ -226,8 +241,11 @@ def scan_grid(case_or_image_file: Case | str | os.PathLike) -> Grid:
     """A case's grid, from the headers alone; raises InputError when its sequences (or its
     label) do not share one shape and affine, naming both files."""
     case = _as_case(case_or_image_file, None)
-    return _grid(case, [_open_nifti(path) for path in case.images],
-                 None if case.label is None else _open_nifti(case.label))
+    return _grid(
+        case,
+        [_open_nifti(path) for path in case.images],
+        None if case.label is None else _open_nifti(case.label),
+    )
 
 
 def _grid(case: Case, images: list[nib.Nifti1Image], label: nib.Nifti1Image | None) -> Grid:
@@ -237,12 +255,18 @@ def _grid(case: Case, images: list[nib.Nifti1Image], label: nib.Nifti1Image | No
     for path, img in others + ([(case.label, label)] if label is not None else []):
         if tuple(img.shape[:3]) != shape:
             what = "label shape" if path == case.label else "shape"
-            raise InputError(path, f"{what} {tuple(img.shape[:3])} does not match image shape "
-                                   f"{shape} of {first_path.name}")
+            raise InputError(
+                path,
+                f"{what} {tuple(img.shape[:3])} does not match image shape "
+                f"{shape} of {first_path.name}",
+            )
         if not np.allclose(img.affine, first.affine, rtol=0, atol=AFFINE_TOLERANCE):
-            raise InputError(path, f"affine ({_axcodes(img.affine)}) differs from that of "
-                                   f"{first_path.name} ({_axcodes(first.affine)}): the files of "
-                                   f"one case must share one voxel grid")
+            raise InputError(
+                path,
+                f"affine ({_axcodes(img.affine)}) differs from that of "
+                f"{first_path.name} ({_axcodes(first.affine)}): the files of "
+                f"one case must share one voxel grid",
+            )
     spatial = bool(first.header["qform_code"] or first.header["sform_code"])
     to_training = training_orientation(first.affine, case.layout, first_path, spatial)
     zooms = [float(z) for z in first.header.get_zooms()[:3]]
@@ -256,8 +280,9 @@ def _axcodes(affine: np.ndarray) -> str:
     return "".join(str(code) for code in nib.aff2axcodes(affine))
 
 
-def load_case(case_or_image_file: Case | str | os.PathLike,
-              label_file: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def load_case(
+    case_or_image_file: Case | str | os.PathLike, label_file: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Load and validate one case, in the training voxel order (L, P, S).
 
     Args:
@@ -273,9 +298,9 @@ def load_case(case_or_image_file: Case | str | os.PathLike,
     return image, label
 
 
-def load_scan(case_or_image_file: Case | str | os.PathLike,
-              label_file: str | os.PathLike | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None, Grid]:
+def load_scan(
+    case_or_image_file: Case | str | os.PathLike, label_file: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray | None, Grid]:
     """:func:`load_case` and the case's :class:`Grid` (how to write a prediction back)."""
     case = _as_case(case_or_image_file, label_file)
     layout = LAYOUTS[case.layout]
@@ -295,10 +320,13 @@ def check_spacing(grid: Grid, training_spacing) -> None:
     off = np.abs(spacing - trained) > SPACING_TOLERANCE * trained
     if off.any():
         axis = "xyz"[int(np.argmax(off))]
-        raise InputError(grid.path, f"voxel spacing {_mm(spacing)} mm differs by more than "
-                                    f"{SPACING_TOLERANCE:.0%} from the training spacing "
-                                    f"{_mm(trained)} mm (along {axis}); resample the scan to "
-                                    f"the training spacing first")
+        raise InputError(
+            grid.path,
+            f"voxel spacing {_mm(spacing)} mm differs by more than "
+            f"{SPACING_TOLERANCE:.0%} from the training spacing "
+            f"{_mm(trained)} mm (along {axis}); resample the scan to "
+            f"the training spacing first",
+        )
 
 
 def _mm(spacing) -> str:
@@ -313,8 +341,12 @@ def _as_case(case_or_image_file, label_file) -> Case:
         if _case_folder_layout(path) is None:
             raise InputError(path, "not a BraTS case folder (no *_flair/-t2f NIfTI files)")
         return _brats_case(path)
-    return Case(_strip_nifti_suffix(path.name), MSD.name, (path,),
-                None if label_file is None else Path(label_file))
+    return Case(
+        _strip_nifti_suffix(path.name),
+        MSD.name,
+        (path,),
+        None if label_file is None else Path(label_file),
+    )
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -347,7 +379,9 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
 
 def _has_scaling(img: nib.Nifti1Image) -> bool:
     slope, inter = img.dataobj.slope, img.dataobj.inter
-    return not (slope in (None, 1) or np.isnan(slope)) or not (inter in (None, 0) or np.isnan(inter))
+    return not (slope in (None, 1) or np.isnan(slope)) or not (
+        inter in (None, 0) or np.isnan(inter)
+    )
 
 
 def _one_line(error: Exception, path: Path) -> str:
@@ -361,8 +395,11 @@ def _load_image(case: Case, layout: Layout) -> np.ndarray:
         path = case.images[0]
         _, data = read_nifti(path)
         if data.ndim != 4 or data.shape[3] != len(CHANNELS):
-            raise InputError(path, f"expected a 4-D image with 4 channels (FLAIR, T1, T1gd, T2), "
-                                   f"got shape {data.shape}")
+            raise InputError(
+                path,
+                f"expected a 4-D image with 4 channels (FLAIR, T1, T1gd, T2), "
+                f"got shape {data.shape}",
+            )
         image = np.ascontiguousarray(data, dtype=np.float32)
     else:
         volumes = []
@@ -371,8 +408,10 @@ def _load_image(case: Case, layout: Layout) -> np.ndarray:
             if data.ndim != 3:
                 raise InputError(path, f"expected a 3-D sequence, got shape {data.shape}")
             if volumes and data.shape != volumes[0].shape:
-                raise InputError(path, f"shape {data.shape} differs from {volumes[0].shape} "
-                                       f"of {case.images[0].name}")
+                raise InputError(
+                    path,
+                    f"shape {data.shape} differs from {volumes[0].shape} of {case.images[0].name}",
+                )
             volumes.append(data)
         image = np.stack(volumes, axis=-1).astype(np.float32, copy=False)
     _check_finite(image, case.images)
@@ -386,8 +425,11 @@ def _check_finite(image: np.ndarray, paths: tuple[Path, ...]) -> None:
     bad_per_channel = (~finite).reshape(-1, image.shape[-1]).sum(axis=0)
     channel = int(np.argmax(bad_per_channel))
     path = paths[channel] if len(paths) > 1 else paths[0]
-    raise InputError(path, f"{int(bad_per_channel.sum())} non-finite voxels (NaN or Inf) "
-                           f"in channel {CHANNELS[channel]}")
+    raise InputError(
+        path,
+        f"{int(bad_per_channel.sum())} non-finite voxels (NaN or Inf) "
+        f"in channel {CHANNELS[channel]}",
+    )
 
 
 def load_label(path: str | os.PathLike, layout: Layout | str = MSD) -> np.ndarray:
@@ -448,8 +490,11 @@ def voxel_spacing(case: Case) -> tuple[float, float, float]:
 # ----------------------------------------------------------------------------- writing
 
 
-def save_nifti(array: np.ndarray, path: str | os.PathLike,
-               reference: str | os.PathLike | nib.Nifti1Image | None = None) -> Path:
+def save_nifti(
+    array: np.ndarray,
+    path: str | os.PathLike,
+    reference: str | os.PathLike | nib.Nifti1Image | None = None,
+) -> Path:
     """Write ``array`` as NIfTI atomically, with the affine and header of ``reference``.
 
     Without a reference the affine is the identity (1 mm voxels). The data type is the array's.
@@ -473,8 +518,10 @@ def save_label_map(label_map: np.ndarray, path: str | os.PathLike, grid: Grid) -
     grid: its stored voxel order, with its file's affine and header (atomically)."""
     label_map = np.asarray(label_map, dtype=np.uint8)
     if label_map.shape != grid.training_shape:
-        raise ValueError(f"label map {label_map.shape} does not fit the grid of {grid.path} "
-                         f"({grid.training_shape} in training order)")
+        raise ValueError(
+            f"label map {label_map.shape} does not fit the grid of {grid.path} "
+            f"({grid.training_shape} in training order)"
+        )
     return save_nifti(grid.stored_order(label_map), path, grid.path)
 
 
@@ -485,13 +532,17 @@ def load_label_map(path: str | os.PathLike, grid: Grid) -> np.ndarray:
     path = Path(path)
     label = load_label(path)
     if label.shape != grid.shape:
-        raise InputError(path, f"shape {label.shape} does not match the scan's {grid.shape} "
-                               f"({grid.path.name})")
+        raise InputError(
+            path, f"shape {label.shape} does not match the scan's {grid.shape} ({grid.path.name})"
+        )
     affine = _open_nifti(path).affine
     if not np.allclose(affine, grid.affine, rtol=0, atol=AFFINE_TOLERANCE):
-        raise InputError(path, f"affine ({_axcodes(affine)}) differs from that of "
-                               f"{grid.path.name} ({_axcodes(grid.affine)}): not on the scan's "
-                               f"grid")
+        raise InputError(
+            path,
+            f"affine ({_axcodes(affine)}) differs from that of "
+            f"{grid.path.name} ({_axcodes(grid.affine)}): not on the scan's "
+            f"grid",
+        )
     return grid.training_order(label)
 
 
@@ -502,13 +553,23 @@ def dataset_table(root: str | os.PathLike, progress: bool = False):
     from tqdm.auto import tqdm
 
     rows = []
-    for case in tqdm(find_cases(root), desc="info", unit="case",
-                     disable=None if progress else True):
+    for case in tqdm(
+        find_cases(root), desc="info", unit="case", disable=None if progress else True
+    ):
         image, label = load_case(case)
         counts = np.bincount(label.ravel(), minlength=4) if label is not None else [None] * 4
-        rows.append({"case": case.id, "layout": case.layout, "shape": image.shape,
-                     "spacing": voxel_spacing(case), "background": counts[0],
-                     "edema": counts[1], "non-enhancing": counts[2], "enhancing": counts[3]})
+        rows.append(
+            {
+                "case": case.id,
+                "layout": case.layout,
+                "shape": image.shape,
+                "spacing": voxel_spacing(case),
+                "background": counts[0],
+                "edema": counts[1],
+                "non-enhancing": counts[2],
+                "enhancing": counts[3],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -523,4 +584,6 @@ def voxels_per_class(label: np.ndarray, num_classes: int = 4) -> np.ndarray:
     Returns:
         int64 ``(num_classes,)``: the count of value 0, 1, ... (0 for a value that is absent).
     """
-    return np.bincount(np.asarray(label).ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
+    return np.bincount(np.asarray(label).ravel(), minlength=num_classes)[:num_classes].astype(
+        np.int64
+    )

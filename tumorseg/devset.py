@@ -36,12 +36,15 @@ def agreement(truth: str | os.PathLike = LABELLED, algorithms: str | os.PathLike
         true_masks = region_masks(label)
         files = sorted(Path(algorithms, case.id).glob("*-20.nii.gz"))
         if not files:
-            raise InputError(Path(algorithms, case.id), "no algorithm segmentations "
-                                                        "(<name>-20.nii.gz) for this case")
+            raise InputError(
+                Path(algorithms, case.id),
+                "no algorithm segmentations (<name>-20.nii.gz) for this case",
+            )
         for path in files:
             masks = region_masks(load_label(path, BRATS2021))
             rows[(case.id, path.name.removesuffix("-20.nii.gz"))] = {
-                region: _dice(masks[region], true_masks[region]) for region in BRATS_REGIONS}
+                region: _dice(masks[region], true_masks[region]) for region in BRATS_REGIONS
+            }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["case", "algorithm"])
 
 
@@ -49,8 +52,9 @@ def mean_ranges(ceiling) -> dict[str, tuple[float, float]]:
     """``{region: (lowest, highest)}`` of the algorithms' mean Dice over the cases
     (``ceiling``: :func:`agreement`): the ceiling of a model's mean Dice."""
     means = ceiling.groupby(level="algorithm").mean()
-    return {region: (float(means[region].min()), float(means[region].max()))
-            for region in BRATS_REGIONS}
+    return {
+        region: (float(means[region].min()), float(means[region].max())) for region in BRATS_REGIONS
+    }
 
 
 def _dice(pred, true) -> float:
@@ -67,9 +71,13 @@ def format_real(table, ceiling) -> str:
     on the mean row, the range of each algorithm's mean over the cases), as text."""
     import numpy as np
 
-    lines = [f"{'':<22}{'model':^21}   {'algorithms vs their vote (range)':^33}",
-             f"{'case':<22}" + "".join(f"{r:>7}" for r in BRATS_REGIONS) + "   "
-             + "".join(f"{r:^11}" for r in BRATS_REGIONS)]
+    lines = [
+        f"{'':<22}{'model':^21}   {'algorithms vs their vote (range)':^33}",
+        f"{'case':<22}"
+        + "".join(f"{r:>7}" for r in BRATS_REGIONS)
+        + "   "
+        + "".join(f"{r:^11}" for r in BRATS_REGIONS),
+    ]
     absent = []
     for case in table.index:
         if case == "mean":
@@ -77,13 +85,17 @@ def format_real(table, ceiling) -> str:
         else:
             rows = ceiling.xs(case, level="case")
             spans = {r: (rows[r].min(), rows[r].max()) for r in BRATS_REGIONS}
-        lines.append(f"{case:<22}" + "".join(f"{table.loc[case, f'Dice {r}']:>7.3f}"
-                                             for r in BRATS_REGIONS) + "   "
-                     + "".join(f"{spans[r][0]:.2f}-{spans[r][1]:.2f}".center(11)
-                               for r in BRATS_REGIONS))
+        lines.append(
+            f"{case:<22}"
+            + "".join(f"{table.loc[case, f'Dice {r}']:>7.3f}" for r in BRATS_REGIONS)
+            + "   "
+            + "".join(f"{spans[r][0]:.2f}-{spans[r][1]:.2f}".center(11) for r in BRATS_REGIONS)
+        )
         if case != "mean" and np.isnan(table.loc[case, "Sensitivity ET"]):
             absent.append(case)
     if absent:
-        lines.append(f"no enhancing tumour in the label of {', '.join(absent)}: its ET Dice is 1 "
-                     "when none is predicted, 0 otherwise")
+        lines.append(
+            f"no enhancing tumour in the label of {', '.join(absent)}: its ET Dice is 1 "
+            "when none is predicted, 0 otherwise"
+        )
     return "\n".join(lines)

@@ -70,8 +70,12 @@ def best_slice(label: np.ndarray, axis: int = 2) -> int:
     return int(np.argmax((label > 0).sum(axis=other)))
 
 
-def plot_case(image: np.ndarray, label: np.ndarray | None = None, z: int | None = None,
-              title: str | None = None):
+def plot_case(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    z: int | None = None,
+    title: str | None = None,
+):
     """A figure with the four sequences of axial slice ``z`` and, if given, the label overlay.
 
     image: ``(x, y, z, 4)``; label: ``(x, y, z)`` in the seed's values.
@@ -114,8 +118,12 @@ def plot_history(history):
     for column, axis in (("loss", loss_axis), ("dice", dice_axis)):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + column in history:
-                axis.plot(history["epoch"], history[prefix + column], style,
-                          label=("validation " if prefix else "training ") + column)
+                axis.plot(
+                    history["epoch"],
+                    history[prefix + column],
+                    style,
+                    label=("validation " if prefix else "training ") + column,
+                )
         axis.set_xlabel("epoch")
         axis.set_title("soft Dice loss" if column == "loss" else "Dice")
         axis.legend()
@@ -141,14 +149,15 @@ def draw_unet(depth: int = 4, n_base_filters: int = 32, patch_shape=SEED_PATCH_S
         ax.text(x + 0.8, y, text, ha="center", va="center", fontsize=8)
 
     def arrow(start, end, colour, style="-|>"):
-        ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, color=colour,
-                                     mutation_scale=10, lw=1.2))
+        ax.add_patch(
+            FancyArrowPatch(start, end, arrowstyle=style, color=colour, mutation_scale=10, lw=1.2)
+        )
 
     right = 4 * depth - 1.6
     for level in range(depth):
         y = -level
-        size = "x".join(str(s // 2 ** level) for s in patch_shape)
-        filters = n_base_filters * 2 ** level
+        size = "x".join(str(s // 2**level) for s in patch_shape)
+        filters = n_base_filters * 2**level
         x_down = level * 1.9
         block(x_down, y, f"{filters}, {filters * 2}\n{size}", "#9ecae1")
         if level < depth - 1:
@@ -159,9 +168,13 @@ def draw_unet(depth: int = 4, n_base_filters: int = 32, patch_shape=SEED_PATCH_S
             below = (level + 1) * 1.9 if level + 1 == depth - 1 else right - (level + 1) * 1.9
             arrow((below + 1.6, y - 1 + 0.2), (x_up + 0.8, y - 0.35), "tab:green")
     ax.text(right + 1.7, 0, "1x1x1 conv\n3 sigmoid", fontsize=8, va="center")
-    ax.text(0, 0.85, "two 3x3x3 conv + ReLU per box (filters; size)   "
-                     "red: 2x2x2 max-pool   green: 2x2x2 up-sampling   grey: concatenate",
-            fontsize=8)
+    ax.text(
+        0,
+        0.85,
+        "two 3x3x3 conv + ReLU per box (filters; size)   "
+        "red: 2x2x2 max-pool   green: 2x2x2 up-sampling   grey: concatenate",
+        fontsize=8,
+    )
     figure.tight_layout()
     return figure
 
@@ -174,24 +187,36 @@ def plot_prediction(image: np.ndarray, prediction: np.ndarray, title: str | None
     """
     from matplotlib.figure import Figure
 
-    centre = ([int(np.median(i)) for i in np.nonzero(prediction)] if prediction.any()
-              else [s // 2 for s in prediction.shape])
+    centre = (
+        [int(np.median(i)) for i in np.nonzero(prediction)]
+        if prediction.any()
+        else [s // 2 for s in prediction.shape]
+    )
     grey = {name: normalise(image[..., CHANNELS.index(name)]) for name in ("T1gd", "FLAIR")}
     figure = Figure(figsize=(9, 8.4), facecolor="black")
     axes = figure.subplots(3, 3)
     for column, plane in enumerate(PLANES):
         index = centre[PLANES[plane]]
-        rows = (("T1gd", take_slice(grey["T1gd"], plane, index)),
-                ("FLAIR", take_slice(grey["FLAIR"], plane, index)),
-                ("prediction on FLAIR", overlay(take_slice(grey["FLAIR"], plane, index),
-                                                take_slice(prediction, plane, index), 0.5)))
+        rows = (
+            ("T1gd", take_slice(grey["T1gd"], plane, index)),
+            ("FLAIR", take_slice(grey["FLAIR"], plane, index)),
+            (
+                "prediction on FLAIR",
+                overlay(
+                    take_slice(grey["FLAIR"], plane, index),
+                    take_slice(prediction, plane, index),
+                    0.5,
+                ),
+            ),
+        )
         for row, (name, picture) in enumerate(rows):
             axes[row, column].imshow(picture, cmap="gray")
             axes[row, column].set_title(f"{name}, {plane} {index}", color="white", fontsize=9)
     for ax in axes.ravel():
         ax.axis("off")
-    figure.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False,
-                  labelcolor="white")
+    figure.legend(
+        handles=legend_handles(), loc="lower center", ncol=3, frameon=False, labelcolor="white"
+    )
     figure.suptitle(title or "prediction", color="white")
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     return figure
@@ -219,15 +244,20 @@ def plot_randomisations(seed: int = 0, index: int = 0):
         image, label = synthesize_case(seed, index, randomisation)
         centre = [int(np.median(i)) for i in np.nonzero(label)] if label.any() else [120, 120, 77]
         flair, t1gd = normalise(image[..., 0]), normalise(image[..., 2])
-        panels = [take_slice(flair, "axial", centre[2]), take_slice(flair, "coronal", centre[1]),
-                  take_slice(t1gd, "axial", centre[2])]
+        panels = [
+            take_slice(flair, "axial", centre[2]),
+            take_slice(flair, "coronal", centre[1]),
+            take_slice(t1gd, "axial", centre[2]),
+        ]
         height = max(p.shape[0] for p in panels)
         joined = np.hstack([np.pad(p, ((0, height - p.shape[0]), (0, 2))) for p in panels])
         ax.imshow(joined, cmap="gray", vmin=0, vmax=1)
         ax.set_title(name, color="white", fontsize=10)
     for ax in axes.ravel():
         ax.axis("off")
-    figure.suptitle("phantom generator, one randomisation at a time (FLAIR axial, FLAIR coronal, "
-                    "T1gd axial)", color="white")
+    figure.suptitle(
+        "phantom generator, one randomisation at a time (FLAIR axial, FLAIR coronal, T1gd axial)",
+        color="white",
+    )
     figure.tight_layout()
     return figure

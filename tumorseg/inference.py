@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -64,8 +64,10 @@ def plan_axis(length: int, window: int, overlap: float, stretch: bool, multiple:
 
 def gaussian_weights(window: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
     """``(wx, wy, wz)`` float32 weights: a Gaussian of sigma window/8 per axis, max 1, min 1e-3."""
-    axes = [np.exp(-0.5 * ((np.arange(w) - (w - 1) / 2) / max(w * sigma_scale, 1e-6)) ** 2)
-            for w in window]
+    axes = [
+        np.exp(-0.5 * ((np.arange(w) - (w - 1) / 2) / max(w * sigma_scale, 1e-6)) ** 2)
+        for w in window
+    ]
     weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
 
@@ -73,10 +75,16 @@ def gaussian_weights(window: tuple[int, int, int], sigma_scale: float = 0.125) -
 # ----------------------------------------------------------------------------- the inferer
 
 
-def sliding_window_inference(volume: np.ndarray, predictor: Callable[[np.ndarray], np.ndarray],
-                             window: tuple[int, int, int], overlap: float = 0.25,
-                             batch_size: int = 1, stretch: bool = False, multiple: int = 1,
-                             progress: bool = False) -> np.ndarray:
+def sliding_window_inference(
+    volume: np.ndarray,
+    predictor: Callable[[np.ndarray], np.ndarray],
+    window: tuple[int, int, int],
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    stretch: bool = False,
+    multiple: int = 1,
+    progress: bool = False,
+) -> np.ndarray:
     """Gaussian-weighted average of ``predictor`` over sliding windows of ``volume``.
 
     Args:
@@ -92,19 +100,25 @@ def sliding_window_inference(volume: np.ndarray, predictor: Callable[[np.ndarray
     """
     from tqdm.auto import tqdm
 
-    plans = [plan_axis(length, size, overlap, stretch, multiple)
-             for length, size in zip(volume.shape[:3], window)]
+    plans = [
+        plan_axis(length, size, overlap, stretch, multiple)
+        for length, size in zip(volume.shape[:3], window)
+    ]
     window = tuple(size for size, _ in plans)
     padded_shape = tuple(max(w, s) for w, s in zip(window, volume.shape[:3]))
     padded = np.zeros(padded_shape + volume.shape[3:], np.float32)
-    padded[:volume.shape[0], :volume.shape[1], :volume.shape[2]] = volume
+    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume
     weights = gaussian_weights(window)
     total, norm = None, np.zeros(padded_shape, np.float32)
     corners = [(x, y, z) for x in plans[0][1] for y in plans[1][1] for z in plans[2][1]]
-    bar = tqdm(total=len(corners), desc="predict", unit="window", disable=None if progress else True)
+    bar = tqdm(
+        total=len(corners), desc="predict", unit="window", disable=None if progress else True
+    )
     for first in range(0, len(corners), batch_size):
-        boxes = [tuple(slice(c, c + w) for c, w in zip(corner, window))
-                 for corner in corners[first:first + batch_size]]
+        boxes = [
+            tuple(slice(c, c + w) for c, w in zip(corner, window))
+            for corner in corners[first : first + batch_size]
+        ]
         outputs = np.asarray(predictor(np.stack([padded[b] for b in boxes])), np.float32)
         if total is None:
             total = np.zeros(padded_shape + outputs.shape[-1:], np.float32)
@@ -114,7 +128,7 @@ def sliding_window_inference(volume: np.ndarray, predictor: Callable[[np.ndarray
         bar.update(len(boxes))
     bar.close()
     average = total / np.maximum(norm, 1e-12)[..., None]
-    return average[:volume.shape[0], :volume.shape[1], :volume.shape[2]]
+    return average[: volume.shape[0], : volume.shape[1], : volume.shape[2]]
 
 
 # ----------------------------------------------------------------------------- Keras models
@@ -129,9 +143,13 @@ def config_from_model(model) -> ModelConfig | None:
     names = [layer.name for layer in model.layers]
     if model.name != "unet3d" or "down0a_conv" not in names:
         return None
-    norm = ("batch" if any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
-            else "instance" if any(isinstance(l, keras.layers.GroupNormalization)
-                                   for l in model.layers) else None)
+    norm = (
+        "batch"
+        if any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+        else "instance"
+        if any(isinstance(layer, keras.layers.GroupNormalization) for layer in model.layers)
+        else None
+    )
     policy = model.get_layer("down0a_conv").dtype_policy.name
     precision = {keras_policy: name for name, keras_policy in KERAS_POLICIES.items()}.get(policy)
     if precision is None:
@@ -149,8 +167,9 @@ def config_from_model(model) -> ModelConfig | None:
     )
 
 
-def inference_model(model, precision: str = "float32", patch_shape=None,
-                    config: ModelConfig | None = None):
+def inference_model(
+    model, precision: str = "float32", patch_shape=None, config: ModelConfig | None = None
+):
     """The model to predict with and its window: ``(net, patch_shape)``.
 
     A U-Net (``config``, or read off ``model``) becomes its free-size twin with the same
@@ -177,20 +196,23 @@ def inference_model(model, precision: str = "float32", patch_shape=None,
 def keras_predictor(net, tta: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """``windows (B, wx, wy, wz, 4) -> (B, wx, wy, wz, 3)``: each window standardised as in
     training, then predicted; with ``tta`` also left-right flipped, flipped back and averaged."""
+
     def predict(windows: np.ndarray) -> np.ndarray:
         batch = np.stack([standardize(w) for w in windows])
         out = np.asarray(net.predict_on_batch(batch), np.float32)
         if tta:
-            flipped = np.asarray(net.predict_on_batch(np.ascontiguousarray(batch[:, ::-1])),
-                                 np.float32)
+            flipped = np.asarray(
+                net.predict_on_batch(np.ascontiguousarray(batch[:, ::-1])), np.float32
+            )
             out = (out + flipped[:, ::-1]) / 2
         return out
 
     return predict
 
 
-def _slide(net, patch_shape, image: np.ndarray, overlap: float, tta: bool, batch_size: int,
-           progress: bool) -> np.ndarray:
+def _slide(
+    net, patch_shape, image: np.ndarray, overlap: float, tta: bool, batch_size: int, progress: bool
+) -> np.ndarray:
     """Probabilities of ``net`` over the brain box of ``image`` (its intensities clipped as for
     training), zero outside it; all zero, without running ``net``, for a scan without signal."""
     if not 0 <= overlap < 1:
@@ -204,21 +226,35 @@ def _slide(net, patch_shape, image: np.ndarray, overlap: float, tta: bool, batch
     multiple = 2 ** sum(layer.name.startswith("pool") for layer in net.layers) if free else 1
     box = brain_box(image)
     crop = clip_intensities(image[box])  # as training caches each case
-    inside = sliding_window_inference(crop, keras_predictor(net, tta), patch_shape,
-                                      overlap, batch_size, stretch=free, multiple=multiple,
-                                      progress=progress)
+    inside = sliding_window_inference(
+        crop,
+        keras_predictor(net, tta),
+        patch_shape,
+        overlap,
+        batch_size,
+        stretch=free,
+        multiple=multiple,
+        progress=progress,
+    )
     result = np.zeros(image.shape[:3] + inside.shape[-1:], np.float32)
     result[box] = inside
     return result
 
 
-def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = False,
-                   batch_size: int = 1, precision: str = "float32", patch_shape=None,
-                   progress: bool = False) -> np.ndarray:
+def predict_volume(
+    model,
+    image: np.ndarray,
+    overlap: float = 0.25,
+    tta: bool = False,
+    batch_size: int = 1,
+    precision: str = "float32",
+    patch_shape=None,
+    progress: bool = False,
+) -> np.ndarray:
     """Probabilities for a whole scan.
 
     Args:
-        model: a Keras model mapping ``(B, x, y, z, 4)`` to ``(B, x, y, z, 3)`` (fixed or free size).
+        model: a Keras model, ``(B, x, y, z, 4)`` to ``(B, x, y, z, 3)`` (fixed or free size).
         image: ``(X, Y, Z, 4)`` float32 in the channel order FLAIR, T1, T1gd, T2.
         overlap: share of a window its neighbours overlap (0 <= overlap < 1).
         tta: also predict the left-right flipped scan and average.
@@ -235,8 +271,9 @@ def predict_volume(model, image: np.ndarray, overlap: float = 0.25, tta: bool = 
     return _slide(net, patch, image, overlap, tta, batch_size, progress)
 
 
-def to_label_map(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-                 output: str = "classes") -> np.ndarray:
+def to_label_map(
+    probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, output: str = "classes"
+) -> np.ndarray:
     """uint8 ``(x, y, z)`` label map from ``(x, y, z, 3)`` probabilities.
 
     ``output="classes"`` (the seed's): each voxel takes the channel of highest probability among
@@ -246,23 +283,25 @@ def to_label_map(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD
     probabilities = np.asarray(probabilities)
     if output == "regions":
         above = probabilities > threshold
-        return np.select([above[..., 2], above[..., 1], above[..., 0]], [3, 2, 1],
-                         0).astype(np.uint8)
+        return np.select([above[..., 2], above[..., 1], above[..., 0]], [3, 2, 1], 0).astype(
+            np.uint8
+        )
     if output != "classes":
         raise ValueError(f"output must be 'classes' or 'regions', got {output!r}")
     best = np.argmax(probabilities, axis=-1).astype(np.uint8) + 1
     return np.where(probabilities.max(axis=-1) > threshold, best, 0).astype(np.uint8)
 
 
-def seed_tiling_predict(model, image: np.ndarray, window=SEED_PATCH_SHAPE,
-                        padded_shape=(320, 320, 160)) -> np.ndarray:
+def seed_tiling_predict(
+    model, image: np.ndarray, window=SEED_PATCH_SHAPE, padded_shape=(320, 320, 160)
+) -> np.ndarray:
     """The seed's whole-scan prediction: the scan zero-padded to ``padded_shape`` and cut into
     non-overlapping ``window`` tiles, each predicted alone (for comparison).
 
     The seed fed its tiles unstandardised; a model trained on standardised patches needs them
     standardised, so each tile is standardised here (and an all-zero tile stays zero)."""
     padded = np.zeros(tuple(padded_shape) + (image.shape[-1],), np.float32)
-    padded[:image.shape[0], :image.shape[1], :image.shape[2]] = image
+    padded[: image.shape[0], : image.shape[1], : image.shape[2]] = image
     result = np.zeros(tuple(padded_shape) + (model.output_shape[-1],), np.float32)
     for x in range(0, padded_shape[0], window[0]):
         for y in range(0, padded_shape[1], window[1]):
@@ -270,7 +309,7 @@ def seed_tiling_predict(model, image: np.ndarray, window=SEED_PATCH_SHAPE,
                 box = (slice(x, x + window[0]), slice(y, y + window[1]), slice(z, z + window[2]))
                 tile = standardize(padded[box])[None]
                 result[box] = np.asarray(model.predict_on_batch(tile))[0]
-    return result[:image.shape[0], :image.shape[1], :image.shape[2]]
+    return result[: image.shape[0], : image.shape[1], : image.shape[2]]
 
 
 # ----------------------------------------------------------------------------- a trained run
@@ -296,7 +335,7 @@ class Predictor:
     _nets: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike) -> "Predictor":
+    def from_run(cls, path: str | os.PathLike) -> Predictor:
         """Restore a run folder (its best ``model.keras``), or a ``.keras`` file: inside a run
         folder it takes that run's settings; alone, the model's own input size and threshold
         0.5. Reads ``config.json`` (architecture, patch shape) and ``state.json`` (calibrated
@@ -310,42 +349,67 @@ class Predictor:
         if is_run(run):
             config = read_config(run).model
             threshold = (read_state(run) or {}).get("threshold")
-            note = None if threshold is not None else (
-                f"{run}: the run's threshold is not calibrated yet (tumorseg train --out {run} "
-                f"--resume calibrates it); using {DEFAULT_THRESHOLD}")
+            note = (
+                None
+                if threshold is not None
+                else (
+                    f"{run}: the run's threshold is not calibrated yet (tumorseg train --out {run} "
+                    f"--resume calibrates it); using {DEFAULT_THRESHOLD}"
+                )
+            )
             if threshold is None:
-                return cls(model, model_file, config, config.patch_shape, DEFAULT_THRESHOLD,
-                           "default", note)
+                return cls(
+                    model,
+                    model_file,
+                    config,
+                    config.patch_shape,
+                    DEFAULT_THRESHOLD,
+                    "default",
+                    note,
+                )
             return cls(model, model_file, config, config.patch_shape, threshold, "calibrated")
         config = config_from_model(model)
         patch = tuple(model.input_shape[1:4])
         if None in patch:
             patch = SEED_PATCH_SHAPE
-        note = (f"{model_file}: no run folder ({CONFIG_FILE}) beside it; using windows of "
-                f"{'x'.join(map(str, patch))} and threshold {DEFAULT_THRESHOLD}")
+        note = (
+            f"{model_file}: no run folder ({CONFIG_FILE}) beside it; using windows of "
+            f"{'x'.join(map(str, patch))} and threshold {DEFAULT_THRESHOLD}"
+        )
         return cls(model, model_file, config, patch, DEFAULT_THRESHOLD, "default", note)
 
-    def predict(self, image: np.ndarray, overlap: float = 0.25, tta: bool = False,
-                batch_size: int = 1, precision: str = "float32",
-                progress: bool = False) -> np.ndarray:
+    def predict(
+        self,
+        image: np.ndarray,
+        overlap: float = 0.25,
+        tta: bool = False,
+        batch_size: int = 1,
+        precision: str = "float32",
+        progress: bool = False,
+    ) -> np.ndarray:
         """``(X, Y, Z, 4)`` scan -> float32 ``(X, Y, Z, 3)`` probabilities; options as in
         :func:`predict_volume`."""
-        return _slide(self.net(precision), self.patch_shape, image, overlap, tta, batch_size,
-                      progress)
+        return _slide(
+            self.net(precision), self.patch_shape, image, overlap, tta, batch_size, progress
+        )
 
     def net(self, precision: str = "float32"):
         """The network that predicts: a U-Net's free-size twin in ``precision`` (made once),
         or the model itself."""
         if precision not in self._nets:
-            self._nets[precision] = inference_model(self.model, precision, self.patch_shape,
-                                                    self.config)[0]
+            self._nets[precision] = inference_model(
+                self.model, precision, self.patch_shape, self.config
+            )[0]
         return self._nets[precision]
 
     def segment(self, image: np.ndarray, threshold: float | None = None, **options) -> np.ndarray:
         """``(X, Y, Z, 4)`` scan -> uint8 ``(X, Y, Z)`` label map at ``threshold`` (default: the
         run's); ``options`` go to :meth:`predict`."""
-        return to_label_map(self.predict(image, **options),
-                            self.threshold if threshold is None else threshold, self.output)
+        return to_label_map(
+            self.predict(image, **options),
+            self.threshold if threshold is None else threshold,
+            self.output,
+        )
 
     @property
     def output(self) -> str:
@@ -399,11 +463,19 @@ def calibrate_threshold(run: str | os.PathLike, valid_cases: list, tta: bool = T
         image, label = load_case(case)
         probabilities = predictor.predict(image, tta=tta)
         for threshold in THRESHOLDS:
-            scores[threshold].append(region_dice(
-                to_label_map(probabilities, threshold, predictor.output), label))
+            scores[threshold].append(
+                region_dice(to_label_map(probabilities, threshold, predictor.output), label)
+            )
     means = {t: float(np.mean(v)) for t, v in scores.items()}
     # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
     best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
-    write_state(run, read_state(run) | {"threshold": best, "threshold_tta": tta,
-                                        "threshold_scores": {str(t): m for t, m in means.items()}})
+    write_state(
+        run,
+        read_state(run)
+        | {
+            "threshold": best,
+            "threshold_tta": tta,
+            "threshold_scores": {str(t): m for t, m in means.items()},
+        },
+    )
     return best

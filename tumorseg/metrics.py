@@ -56,8 +56,9 @@ def soft_dice_loss(y_true, y_pred, axis=(0, 1, 2), epsilon=1e-5):
     """
     xp = _ops(y_pred)
     numerator = 2.0 * xp.sum(y_true * y_pred, axis=axis) + epsilon
-    denominator = (xp.sum(xp.square(y_true), axis=axis) + xp.sum(xp.square(y_pred), axis=axis)
-                   + epsilon)
+    denominator = (
+        xp.sum(xp.square(y_true), axis=axis) + xp.sum(xp.square(y_pred), axis=axis) + epsilon
+    )
     return 1.0 - xp.mean(numerator / denominator)
 
 
@@ -125,8 +126,9 @@ def get_sens_spec_df(pred, label):
     """
     import pandas as pd
 
-    table = pd.DataFrame(index=["Sensitivity", "Specificity"], columns=list(CLASS_NAMES),
-                         dtype=float)
+    table = pd.DataFrame(
+        index=["Sensitivity", "Specificity"], columns=list(CLASS_NAMES), dtype=float
+    )
     for class_num, name in enumerate(CLASS_NAMES):
         sensitivity, specificity = compute_class_sens_spec(pred, label, class_num)
         table.loc["Sensitivity", name] = round(sensitivity, 4)

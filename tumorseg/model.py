@@ -21,10 +21,18 @@ from .errors import InputError
 from .presets import KERAS_POLICIES, PRESETS, SEED_PATCH_SHAPE, ModelConfig  # noqa: F401
 
 
-def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_base_filters=32,
-                  pool_size=(2, 2, 2), deconvolution=False, normalization=None,
-                  activation_name="sigmoid", dtype_policy=None,
-                  output="classes") -> keras.Model:
+def unet_model_3d(
+    input_shape=(*SEED_PATCH_SHAPE, 4),
+    n_labels=3,
+    depth=4,
+    n_base_filters=32,
+    pool_size=(2, 2, 2),
+    deconvolution=False,
+    normalization=None,
+    activation_name="sigmoid",
+    dtype_policy=None,
+    output="classes",
+) -> keras.Model:
     """Build the seed's 3-D U-Net.
 
     Args:
@@ -43,7 +51,9 @@ def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_bas
         An uncompiled Keras model mapping ``(B, x, y, z, channels)`` to ``(B, x, y, z, n_labels)``.
     """
     if normalization not in (None, "batch", "instance"):
-        raise ValueError(f"normalization must be None, 'batch' or 'instance', not {normalization!r}")
+        raise ValueError(
+            f"normalization must be None, 'batch' or 'instance', not {normalization!r}"
+        )
     if output not in OUTPUT_LAYERS:
         raise ValueError(f"output must be one of {list(OUTPUT_LAYERS)}, not {output!r}")
     factor = 2 ** (depth - 1)
@@ -54,25 +64,33 @@ def unet_model_3d(input_shape=(*SEED_PATCH_SHAPE, 4), n_labels=3, depth=4, n_bas
     current = inputs
     levels = []
     for level in range(depth):
-        filters = n_base_filters * 2 ** level
+        filters = n_base_filters * 2**level
         current = _conv_block(current, filters, normalization, dtype_policy, f"down{level}a")
         current = _conv_block(current, filters * 2, normalization, dtype_policy, f"down{level}b")
         levels.append(current)
         if level < depth - 1:
-            current = layers.MaxPooling3D(pool_size, dtype=dtype_policy, name=f"pool{level}")(current)
+            current = layers.MaxPooling3D(pool_size, dtype=dtype_policy, name=f"pool{level}")(
+                current
+            )
     for level in range(depth - 2, -1, -1):
         skip = levels[level]
         if deconvolution:
-            up = layers.Conv3DTranspose(current.shape[-1], pool_size, strides=pool_size,
-                                        dtype=dtype_policy, name=f"upconv{level}")(current)
+            up = layers.Conv3DTranspose(
+                current.shape[-1],
+                pool_size,
+                strides=pool_size,
+                dtype=dtype_policy,
+                name=f"upconv{level}",
+            )(current)
         else:
             up = layers.UpSampling3D(pool_size, dtype=dtype_policy, name=f"up{level}")(current)
         current = layers.Concatenate(axis=-1, dtype=dtype_policy, name=f"concat{level}")([up, skip])
         current = _conv_block(current, skip.shape[-1], normalization, dtype_policy, f"up{level}a")
         current = _conv_block(current, skip.shape[-1], normalization, dtype_policy, f"up{level}b")
     logits = layers.Conv3D(n_labels, 1, dtype=dtype_policy, name="logits")(current)
-    outputs = layers.Activation(activation_name, dtype="float32",
-                                name=OUTPUT_LAYERS[output])(logits)
+    outputs = layers.Activation(activation_name, dtype="float32", name=OUTPUT_LAYERS[output])(
+        logits
+    )
     return keras.Model(inputs, outputs, name="unet3d")
 
 
@@ -93,7 +111,7 @@ def add_deep_supervision(model: keras.Model, levels: int) -> keras.Model:
     for level in range(1, levels + 1):
         features = model.get_layer(f"up{level}b_relu").output
         logits = layers.Conv3D(n_labels, 1, dtype=policy, name=f"aux{level}_logits")(features)
-        up = layers.UpSampling3D(2 ** level, dtype=policy, name=f"aux{level}_up")(logits)
+        up = layers.UpSampling3D(2**level, dtype=policy, name=f"aux{level}_up")(logits)
         outputs.append(layers.Activation("sigmoid", dtype="float32", name=f"aux{level}")(up))
     return keras.Model(model.input, outputs, name="unet3d_deep_supervision")
 
@@ -123,10 +141,16 @@ def build_model(config: ModelConfig | str = "cpu", fixed_size: bool = True) -> k
     config = PRESETS[config] if isinstance(config, str) else config
     spatial = config.patch_shape if fixed_size else (None, None, None)
     policy = None if config.precision == "float32" else KERAS_POLICIES[config.precision]
-    return unet_model_3d(input_shape=(*spatial, config.n_channels), n_labels=config.n_labels,
-                         depth=config.depth, n_base_filters=config.n_base_filters,
-                         deconvolution=config.deconvolution, normalization=config.normalization,
-                         dtype_policy=policy, output=config.output)
+    return unet_model_3d(
+        input_shape=(*spatial, config.n_channels),
+        n_labels=config.n_labels,
+        depth=config.depth,
+        n_base_filters=config.n_base_filters,
+        deconvolution=config.deconvolution,
+        normalization=config.normalization,
+        dtype_policy=policy,
+        output=config.output,
+    )
 
 
 def forward_flops(model: keras.Model) -> float:
@@ -153,9 +177,16 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "not a .keras file")
     try:
-        return keras.models.load_model(path, compile=compile, safe_mode=True, custom_objects={
-            "batch_dice_loss": batch_dice_loss, "batch_dice": batch_dice,
-            "batch_dice_ce_loss": batch_dice_ce_loss})
+        return keras.models.load_model(
+            path,
+            compile=compile,
+            safe_mode=True,
+            custom_objects={
+                "batch_dice_loss": batch_dice_loss,
+                "batch_dice": batch_dice,
+                "batch_dice_ce_loss": batch_dice_ce_loss,
+            },
+        )
     except Exception as error:  # zip, h5 and deserialisation errors of a foreign file
         message = " ".join(str(error).split())[:150]
         raise InputError(path, f"not a Keras model file ({message})") from None

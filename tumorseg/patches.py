@@ -49,9 +49,20 @@ def one_hot(label: np.ndarray, num_classes: int = 4) -> np.ndarray:
     return encoded
 
 
-def get_sub_volume(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=160, output_y=160,
-                   output_z=16, num_classes=4, max_tries=1000, background_threshold=0.95,
-                   rng: np.random.Generator | None = None):
+def get_sub_volume(
+    image,
+    label,
+    orig_x=240,
+    orig_y=240,
+    orig_z=155,
+    output_x=160,
+    output_y=160,
+    output_z=16,
+    num_classes=4,
+    max_tries=1000,
+    background_threshold=0.95,
+    rng: np.random.Generator | None = None,
+):
     """A random sub-volume whose background share is below ``background_threshold``.
 
     Args:
@@ -68,11 +79,19 @@ def get_sub_volume(image, label, orig_x=240, orig_y=240, orig_z=155, output_x=16
         window qualifies.
     """
     window = (output_x, output_y, output_z)
-    corner = find_window(label[:orig_x, :orig_y, :orig_z], window, background_threshold,
-                         rng=rng, fast_tries=min(max_tries, FAST_TRIES))
+    corner = find_window(
+        label[:orig_x, :orig_y, :orig_z],
+        window,
+        background_threshold,
+        rng=rng,
+        fast_tries=min(max_tries, FAST_TRIES),
+    )
     if corner is None:
-        warnings.warn(f"no {output_x}x{output_y}x{output_z} window has a background share below "
-                      f"{background_threshold}: returning None", stacklevel=2)
+        warnings.warn(
+            f"no {output_x}x{output_y}x{output_z} window has a background share below "
+            f"{background_threshold}: returning None",
+            stacklevel=2,
+        )
         return None
     box = tuple(slice(c, c + w) for c, w in zip(corner, window))
     # The two copies are memory-bound and numpy releases the GIL: make them on two cores.
@@ -93,8 +112,13 @@ def _randint(rng, low: int, high: int) -> int:
     return int(np.random.randint(low, high) if rng is None else rng.integers(low, high))
 
 
-def find_window(label: np.ndarray, window: tuple[int, int, int], background_threshold: float,
-                rng: np.random.Generator | None = None, fast_tries: int = FAST_TRIES):
+def find_window(
+    label: np.ndarray,
+    window: tuple[int, int, int],
+    background_threshold: float,
+    rng: np.random.Generator | None = None,
+    fast_tries: int = FAST_TRIES,
+):
     """Corner ``(x, y, z)`` of a uniformly random window of ``label`` whose background share is
     below ``background_threshold``, or None when there is none.
 
@@ -144,11 +168,16 @@ def bounding_box(mask: np.ndarray, margin: int | tuple[int, ...] = 0) -> tuple[s
         return None
     if mask.ndim == 3:
         plane = mask.max(axis=0)
-        profiles = (mask.reshape(mask.shape[0], -1).max(axis=1), plane.max(axis=1),
-                    plane.max(axis=0))
+        profiles = (
+            mask.reshape(mask.shape[0], -1).max(axis=1),
+            plane.max(axis=1),
+            plane.max(axis=0),
+        )
     else:
-        profiles = [mask.max(axis=tuple(a for a in range(mask.ndim) if a != axis))
-                    for axis in range(mask.ndim)]
+        profiles = [
+            mask.max(axis=tuple(a for a in range(mask.ndim) if a != axis))
+            for axis in range(mask.ndim)
+        ]
     box = []
     for profile, size, grow in zip(profiles, mask.shape, margins):
         hits = np.flatnonzero(profile)
@@ -173,7 +202,7 @@ def window_sums(mask: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
     return sums
 
 
-# ----------------------------------------------------------------------------- sampling for training
+# ------------------------------------------------------------------------- sampling for training
 
 
 @dataclass(frozen=True)
@@ -200,8 +229,9 @@ class Augmentation:
         return asdict(self)
 
 
-NO_AUGMENTATION = Augmentation(flip=False, scale=0.0, shift=0.0, noise=0.0, gamma=0.0, bias=0.0,
-                               blur=0.0)
+NO_AUGMENTATION = Augmentation(
+    flip=False, scale=0.0, shift=0.0, noise=0.0, gamma=0.0, bias=0.0, blur=0.0
+)
 
 
 def _patch_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
@@ -209,12 +239,17 @@ def _patch_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.nd
     from scipy import ndimage
 
     coarse = rng.standard_normal((3, 3, 3)).astype(np.float32)
-    return ndimage.zoom(coarse, [s / 3 for s in shape], order=1, grid_mode=True,
-                        mode="nearest")[:shape[0], :shape[1], :shape[2]]
+    return ndimage.zoom(coarse, [s / 3 for s in shape], order=1, grid_mode=True, mode="nearest")[
+        : shape[0], : shape[1], : shape[2]
+    ]
 
 
-def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-            augmentation: Augmentation = Augmentation()) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    x: np.ndarray,
+    y: np.ndarray,
+    rng: np.random.Generator,
+    augmentation: Augmentation = Augmentation(),
+) -> tuple[np.ndarray, np.ndarray]:
     """Augment a standardised patch ``x (px, py, pz, C)`` and its label ``y (px, py, pz, K)``:
     flip (both), then per channel a bias field, gamma, blur, scale, shift and noise (image only).
 
@@ -236,15 +271,18 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
                 strength = rng.uniform(0, augmentation.bias)
                 unit = unit * np.exp(strength * _patch_field(unit.shape, rng))
             if augmentation.gamma:
-                unit = np.clip(unit, 0, None) ** np.exp(rng.uniform(-augmentation.gamma,
-                                                                    augmentation.gamma))
+                unit = np.clip(unit, 0, None) ** np.exp(
+                    rng.uniform(-augmentation.gamma, augmentation.gamma)
+                )
             if augmentation.blur:
                 sigma = rng.uniform(0, augmentation.blur)
                 if sigma > 0.25:
                     unit = ndimage.gaussian_filter(unit, sigma)
             x[..., c] = low + (high - low) * unit
     if augmentation.scale:
-        x = x * rng.uniform(1 - augmentation.scale, 1 + augmentation.scale, channels).astype(np.float32)
+        x = x * rng.uniform(1 - augmentation.scale, 1 + augmentation.scale, channels).astype(
+            np.float32
+        )
     if augmentation.shift:
         x = x + rng.uniform(-augmentation.shift, augmentation.shift, channels).astype(np.float32)
     if augmentation.noise:
@@ -358,16 +396,20 @@ def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -
         for part in ("tumour", "label", "image"):  # image last: its presence marks completeness
             with atomic_path(paths[part]) as tmp:
                 np.save(tmp, np.ascontiguousarray(arrays[part]), allow_pickle=False)
-    return CachedCase(case.id, Path(cache_dir), _npy_shape(paths["label"]),
-                      _npy_shape(paths["tumour"])[0])
+    return CachedCase(
+        case.id, Path(cache_dir), _npy_shape(paths["label"]), _npy_shape(paths["tumour"])[0]
+    )
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
     """The shape a .npy file's header declares (the file is opened and closed at once)."""
     with open(path, "rb") as file:
         version = np.lib.format.read_magic(file)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, _, _ = read(file)
     return tuple(int(s) for s in shape)
 
@@ -383,10 +425,16 @@ class PatchSampler:
     patches as before it existed (one random draw decides).
     """
 
-    def __init__(self, cases: list[CachedCase], patch_shape=SEED_PATCH_SHAPE,
-                 tumour_share=TUMOUR_SHARE,
-                 augmentation: Augmentation = Augmentation(), seed: int = 0, num_classes: int = 4,
-                 core_share: float = 0.0):
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        patch_shape=SEED_PATCH_SHAPE,
+        tumour_share=TUMOUR_SHARE,
+        augmentation: Augmentation = Augmentation(),
+        seed: int = 0,
+        num_classes: int = 4,
+        core_share: float = 0.0,
+    ):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         self.cases, self.patch_shape = cases, tuple(patch_shape)
@@ -407,14 +455,19 @@ class PatchSampler:
             draw = rng.random()  # one draw: core below core_share, other tumour up to the sum
             if draw < self.core_share + self.tumour_share:
                 core = self.core(case) if draw < self.core_share else ()
-                voxel = (np.unravel_index(int(core[rng.integers(len(core))]), shape)
-                         if len(core) else case.tumour_voxel(rng.integers(case.tumour_count)))
-                return tuple(int(np.clip(v - rng.integers(w), 0, s - w))
-                             for v, w, s in zip(voxel, self.patch_shape, shape))
+                voxel = (
+                    np.unravel_index(int(core[rng.integers(len(core))]), shape)
+                    if len(core)
+                    else case.tumour_voxel(rng.integers(case.tumour_count))
+                )
+                return tuple(
+                    int(np.clip(v - rng.integers(w), 0, s - w))
+                    for v, w, s in zip(voxel, self.patch_shape, shape)
+                )
         return tuple(int(rng.integers(s - w + 1)) for w, s in zip(self.patch_shape, shape))
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Patch ``index``: ``x (px, py, pz, 4)`` standardised and augmented, ``y (px, py, pz, 3)``."""
+        """Patch ``index``: standardised, augmented ``x (px, py, pz, 4)``, ``y (px, py, pz, 3)``."""
         rng = np.random.default_rng([self.seed, int(index)])
         case = self.cases[int(rng.integers(len(self.cases)))]
         corner = self.corner(case, rng)
@@ -425,8 +478,13 @@ class PatchSampler:
         return augment(x, y, rng, self.augmentation)
 
 
-def training_dataset(sampler: PatchSampler, batch_size: int, start: int = 0,
-                     count: int | None = None, shard: tuple[int, int] = (0, 1)):
+def training_dataset(
+    sampler: PatchSampler,
+    batch_size: int,
+    start: int = 0,
+    count: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+):
     """tf.data pipeline of batches ``x (B, px, py, pz, 4)``, ``y (B, px, py, pz, 3)``.
 
     Element ``i`` is ``sampler(start + i)``: deterministic, and resumable at any step by choosing
@@ -449,7 +507,9 @@ def training_dataset(sampler: PatchSampler, batch_size: int, start: int = 0,
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return (indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE)
-            .with_options(options))
+    return (
+        indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+        .with_options(options)
+    )

@@ -43,7 +43,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict) -> ModelConfig:
         values = dict(values)
         values["patch_shape"] = tuple(values["patch_shape"])
         return cls(**values)

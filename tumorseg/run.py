@@ -82,7 +82,7 @@ class TrainConfig:
     spacing: list[float] | None = None  # of the training cases, [x, y, z] mm (median per axis)
 
     @classmethod
-    def from_preset(cls, data: str, preset: str = DEFAULT_PRESET, **overrides) -> "TrainConfig":
+    def from_preset(cls, data: str, preset: str = DEFAULT_PRESET, **overrides) -> TrainConfig:
         """The run of ``preset`` on ``data``; ``overrides`` that are not None replace settings."""
         if preset not in TRAINING_PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {list(TRAINING_PRESETS)}")
@@ -96,17 +96,19 @@ class TrainConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """A configuration from ``config.json``'s mapping; :class:`Invalid` names the key of an
         unknown, missing or mistyped setting."""
         values = _mapping(values, "", cls)
         model = _mapping(values.get("model"), "model.", ModelConfig)
         if not isinstance(model.get("patch_shape", []), list):
-            raise Invalid("model.patch_shape", f"must be a list of three sizes, got "
-                                               f"{model['patch_shape']!r}")
+            raise Invalid(
+                "model.patch_shape", f"must be a list of three sizes, got {model['patch_shape']!r}"
+            )
         values["model"] = ModelConfig.from_dict(model)
-        values["augmentation"] = Augmentation(**_mapping(values.get("augmentation"),
-                                                         "augmentation.", Augmentation))
+        values["augmentation"] = Augmentation(
+            **_mapping(values.get("augmentation"), "augmentation.", Augmentation)
+        )
         config = cls(**values)
         config.check()
         return config
@@ -116,7 +118,7 @@ class TrainConfig:
             tmp.write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
         """Read and validate a config.json; every problem is an InputError naming the file."""
         path = Path(path)
         try:
@@ -155,8 +157,11 @@ class TrainConfig:
         _check_number(self, "tumour_share", 0, 1)
         _check_number(self, "core_share", 0, 1)
         if self.tumour_share + self.core_share > 1:
-            raise Invalid("core_share", f"tumour_share + core_share must be at most 1, got "
-                                        f"{self.tumour_share} + {self.core_share}")
+            raise Invalid(
+                "core_share",
+                f"tumour_share + core_share must be at most 1, got "
+                f"{self.tumour_share} + {self.core_share}",
+            )
         _check_choice(self, "loss", LOSSES)
         _check_choice(self, "optimizer", OPTIMIZERS)
         _check_choice(self, "schedule", SCHEDULES)
@@ -172,23 +177,36 @@ class TrainConfig:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise Invalid(key, f"must be a list of case ids, got {value!r}")
         if self.spacing is not None and (
-                not isinstance(self.spacing, list) or len(self.spacing) != 3
-                or not all(_is_number(v) and v > 0 for v in self.spacing)):
-            raise Invalid("spacing", f"must be three positive millimetre sizes, got "
-                                     f"{self.spacing!r}")
+            not isinstance(self.spacing, list)
+            or len(self.spacing) != 3
+            or not all(_is_number(v) and v > 0 for v in self.spacing)
+        ):
+            raise Invalid(
+                "spacing", f"must be three positive millimetre sizes, got {self.spacing!r}"
+            )
         _check_model(self.model, PRECISIONS)
         _check_integer(self, "deep_supervision", 0)
         if self.deep_supervision > self.model.depth - 2:
-            raise Invalid("deep_supervision", f"a network of depth {self.model.depth} has "
-                                              f"{max(self.model.depth - 2, 0)} lower decoder "
-                                              f"levels, got {self.deep_supervision}")
+            raise Invalid(
+                "deep_supervision",
+                f"a network of depth {self.model.depth} has "
+                f"{max(self.model.depth - 2, 0)} lower decoder "
+                f"levels, got {self.deep_supervision}",
+            )
         _check_augmentation(self.augmentation)
 
 
 # Settings the command line sets, by the option that sets them (errors name the option).
-OPTIONS = {"data": "--data", "epochs": "--epochs", "steps_per_epoch": "--steps-per-epoch",
-           "batch_size": "--batch-size", "seed": "--seed", "strategy": "--strategy",
-           "time_limit_minutes": "--time-limit", "preset": "--preset"}
+OPTIONS = {
+    "data": "--data",
+    "epochs": "--epochs",
+    "steps_per_epoch": "--steps-per-epoch",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+    "strategy": "--strategy",
+    "time_limit_minutes": "--time-limit",
+    "preset": "--preset",
+}
 
 
 class Invalid(ValueError):
@@ -212,8 +230,7 @@ def _mapping(values, prefix: str, kind) -> dict:
     if unknown:
         raise Invalid(prefix + unknown[0], f"unknown setting; known: {', '.join(known)}")
     for name, spec in known.items():
-        if (name not in values and spec.default is MISSING
-                and spec.default_factory is MISSING):
+        if name not in values and spec.default is MISSING and spec.default_factory is MISSING:
             raise Invalid(prefix + name, "missing")
     return dict(values)
 
@@ -230,16 +247,21 @@ def _check_integer(owner, key: str, low: int, prefix: str = "") -> None:
         raise Invalid(prefix + key, f"must be at least {low}, got {value}")
 
 
-def _check_number(owner, key: str, low=None, high=None, low_open=False, high_open=False,
-                  prefix: str = "") -> None:
+def _check_number(
+    owner, key: str, low=None, high=None, low_open=False, high_open=False, prefix: str = ""
+) -> None:
     value = getattr(owner, key)
     if not _is_number(value):
         raise Invalid(prefix + key, f"must be a number, got {value!r}")
-    if ((low is not None and (value <= low if low_open else value < low))
-            or (high is not None and (value >= high if high_open else value > high))):
+    if (low is not None and (value <= low if low_open else value < low)) or (
+        high is not None and (value >= high if high_open else value > high)
+    ):
         left, right = "(" if low_open else "[", ")" if high_open else "]"
-        bounds = (f"in {left}{low}, {high}{right}" if high is not None
-                  else f"{'above' if low_open else 'at least'} {low}")
+        bounds = (
+            f"in {left}{low}, {high}{right}"
+            if high is not None
+            else f"{'above' if low_open else 'at least'} {low}"
+        )
         raise Invalid(prefix + key, f"must be {bounds}, got {value}")
 
 
@@ -257,8 +279,7 @@ def _check_bool(owner, key: str, prefix: str = "") -> None:
 def _check_choice(owner, key: str, choices, prefix: str = "") -> None:
     value = getattr(owner, key)
     if value not in choices:
-        raise Invalid(prefix + key, f"must be one of {', '.join(map(str, choices))}, "
-                                    f"got {value!r}")
+        raise Invalid(prefix + key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def _check_model(model: ModelConfig, precisions) -> None:
@@ -272,13 +293,19 @@ def _check_model(model: ModelConfig, precisions) -> None:
     _check_choice(model, "output", OUTPUTS, "model.")
     _check_bool(model, "deconvolution", "model.")
     patch = model.patch_shape
-    if (not isinstance(patch, tuple) or len(patch) != 3
-            or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch)):
+    if (
+        not isinstance(patch, tuple)
+        or len(patch) != 3
+        or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch)
+    ):
         raise Invalid("model.patch_shape", f"must be three positive integers, got {patch!r}")
     factor = 2 ** (model.depth - 1)
     if any(size % factor for size in patch):
-        raise Invalid("model.patch_shape", f"{list(patch)} cannot be pooled {model.depth - 1} "
-                                           f"times: each size must be divisible by {factor}")
+        raise Invalid(
+            "model.patch_shape",
+            f"{list(patch)} cannot be pooled {model.depth - 1} "
+            f"times: each size must be divisible by {factor}",
+        )
 
 
 def _check_augmentation(augmentation: Augmentation) -> None:

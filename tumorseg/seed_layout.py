@@ -20,9 +20,16 @@ from .run import split_cases
 INDEX_FILE = "config.json"  # the train and valid file lists, as the seed names it
 
 
-def export_patches(data_dir, out_dir, patches_per_case: int = 4, valid_fraction: float = 0.2,
-                   patch_shape=SEED_PATCH_SHAPE, background_threshold: float = 0.95, seed: int = 0,
-                   progress: bool = True) -> dict:
+def export_patches(
+    data_dir,
+    out_dir,
+    patches_per_case: int = 4,
+    valid_fraction: float = 0.2,
+    patch_shape=SEED_PATCH_SHAPE,
+    background_threshold: float = 0.95,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Cut fixed, standardised patches into the seed's ``processed/`` layout.
 
     Writes ``out_dir/train/<case>_<k>.h5`` and ``out_dir/valid/<case>_<k>.h5`` (datasets ``x``
@@ -46,8 +53,14 @@ def export_patches(data_dir, out_dir, patches_per_case: int = 4, valid_fraction:
         split = "valid" if case.id in valid_ids else "train"
         shape = tuple(min(p, s) for p, s in zip(patch_shape, label.shape))
         for k in range(patches_per_case):
-            result = get_sub_volume(image, label, *label.shape, *shape,
-                                    background_threshold=background_threshold, rng=rng)
+            result = get_sub_volume(
+                image,
+                label,
+                *label.shape,
+                *shape,
+                background_threshold=background_threshold,
+                rng=rng,
+            )
             if result is None:
                 break
             x, y = result
@@ -77,8 +90,18 @@ def _volume_data_generator_class():
         """The seed's generator as a Keras dataset: batches ``X (B, x, y, z, C)`` and
         ``y (B, x, y, z, classes)`` read from the HDF5 patches named in ``sample_list``."""
 
-        def __init__(self, sample_list, base_dir, batch_size=1, shuffle=True, dim=SEED_PATCH_SHAPE,
-                     num_channels=4, num_classes=3, seed=0, **kwargs):
+        def __init__(
+            self,
+            sample_list,
+            base_dir,
+            batch_size=1,
+            shuffle=True,
+            dim=SEED_PATCH_SHAPE,
+            num_channels=4,
+            num_classes=3,
+            seed=0,
+            **kwargs,
+        ):
             super().__init__(**kwargs)
             self.sample_list, self.base_dir = list(sample_list), Path(base_dir)
             self.batch_size, self.shuffle = batch_size, shuffle
@@ -97,7 +120,7 @@ def _volume_data_generator_class():
         def __getitem__(self, index):
             import h5py
 
-            picks = self.indexes[index * self.batch_size:(index + 1) * self.batch_size]
+            picks = self.indexes[index * self.batch_size : (index + 1) * self.batch_size]
             X = np.zeros((len(picks), *self.dim, self.num_channels), np.float32)
             y = np.zeros((len(picks), *self.dim, self.num_classes), np.float32)
             for row, pick in enumerate(picks):

@@ -53,32 +53,65 @@ _MNI = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _PAD = ((21, 22), (3, 4), (0, 0))
 
 # Reference intensity of each tissue in FLAIR, T1, T1gd, T2 (rows in TISSUES order).
-TISSUES = ("csf", "grey", "white", "edema", "non_enhancing", "necrosis", "enhancing", "cyst",
-           "vessel")
-CONTRAST = np.array([
-    # FLAIR  T1    T1gd  T2
-    [0.10, 0.20, 0.22, 1.00],  # CSF: dark on FLAIR (suppressed fluid), bright on T2
-    [0.62, 0.55, 0.57, 0.58],  # grey matter
-    [0.50, 0.80, 0.80, 0.40],  # white matter
-    [0.98, 0.45, 0.47, 0.88],  # edema: bright on FLAIR and T2
-    [0.82, 0.40, 0.48, 0.76],  # non-enhancing solid tumour
-    [0.55, 0.18, 0.20, 0.96],  # necrosis: dark on T1/T1gd, fluid-bright on T2
-    [0.76, 0.50, 1.25, 0.66],  # enhancing tumour: bright on T1gd
-    [0.30, 0.15, 0.17, 1.05],  # cyst: fluid, dark on T1/T1gd, bright on T2, partly suppressed
-    [0.20, 0.35, 1.20, 0.25],  # vessels and dura in the sulci: bright on T1gd only (not tumour)
-], dtype=np.float32)
+TISSUES = (
+    "csf",
+    "grey",
+    "white",
+    "edema",
+    "non_enhancing",
+    "necrosis",
+    "enhancing",
+    "cyst",
+    "vessel",
+)
+CONTRAST = np.array(
+    [
+        # FLAIR  T1    T1gd  T2
+        [0.10, 0.20, 0.22, 1.00],  # CSF: dark on FLAIR (suppressed fluid), bright on T2
+        [0.62, 0.55, 0.57, 0.58],  # grey matter
+        [0.50, 0.80, 0.80, 0.40],  # white matter
+        [0.98, 0.45, 0.47, 0.88],  # edema: bright on FLAIR and T2
+        [0.82, 0.40, 0.48, 0.76],  # non-enhancing solid tumour
+        [0.55, 0.18, 0.20, 0.96],  # necrosis: dark on T1/T1gd, fluid-bright on T2
+        [0.76, 0.50, 1.25, 0.66],  # enhancing tumour: bright on T1gd
+        [0.30, 0.15, 0.17, 1.05],  # cyst: fluid, dark on T1/T1gd, bright on T2, partly suppressed
+        [0.20, 0.35, 1.20, 0.25],  # vessels and dura in the sulci: bright on T1gd only (not tumour)
+    ],
+    dtype=np.float32,
+)
 
 # Orderings every drawn contrast keeps, per sequence: each chain ascends (tissue names).
 ORDERINGS = {
-    "FLAIR": (("csf", "white", "grey", "edema"), ("white", "non_enhancing"), ("csf", "cyst", "edema"),
-              ("csf", "necrosis")),
-    "T1": (("csf", "grey", "white"), ("necrosis", "grey"), ("cyst", "grey"), ("edema", "white"),
-           ("non_enhancing", "white"), ("enhancing", "white")),
-    "T1gd": (("csf", "grey", "white", "enhancing"), ("necrosis", "grey"), ("cyst", "grey"),
-             ("edema", "white"), ("non_enhancing", "white"), ("non_enhancing", "enhancing"),
-             ("white", "vessel")),
-    "T2": (("white", "grey", "edema", "csf"), ("white", "non_enhancing"), ("grey", "necrosis"),
-           ("grey", "cyst"), ("vessel", "grey")),
+    "FLAIR": (
+        ("csf", "white", "grey", "edema"),
+        ("white", "non_enhancing"),
+        ("csf", "cyst", "edema"),
+        ("csf", "necrosis"),
+    ),
+    "T1": (
+        ("csf", "grey", "white"),
+        ("necrosis", "grey"),
+        ("cyst", "grey"),
+        ("edema", "white"),
+        ("non_enhancing", "white"),
+        ("enhancing", "white"),
+    ),
+    "T1gd": (
+        ("csf", "grey", "white", "enhancing"),
+        ("necrosis", "grey"),
+        ("cyst", "grey"),
+        ("edema", "white"),
+        ("non_enhancing", "white"),
+        ("non_enhancing", "enhancing"),
+        ("white", "vessel"),
+    ),
+    "T2": (
+        ("white", "grey", "edema", "csf"),
+        ("white", "non_enhancing"),
+        ("grey", "necrosis"),
+        ("grey", "cyst"),
+        ("vessel", "grey"),
+    ),
 }
 
 
@@ -115,20 +148,47 @@ class Randomisation:
 DEFAULT = Randomisation()
 # Outside every training range: other contrasts, stronger artefacts, larger irregular tumours.
 SHIFTED = Randomisation(
-    contrast=(0.35, 0.5), gamma=(0.35, 0.5), bias=(0.3, 0.4), noise=(0.05, 0.07),
-    blur=(1.0, 1.3), thick_slice_chance=0.4, slice_thickness=(5, 6), texture=(0.08, 0.12),
-    tumour_texture=(0.15, 0.25), radius=(24.0, 32.0), foci=(1, 3), irregularity=(0.35, 0.5),
-    cyst_chance=0.5, enhancing_chance=0.85, mass_effect=(0.4, 0.5), vessels=(0.6, 0.8),
+    contrast=(0.35, 0.5),
+    gamma=(0.35, 0.5),
+    bias=(0.3, 0.4),
+    noise=(0.05, 0.07),
+    blur=(1.0, 1.3),
+    thick_slice_chance=0.4,
+    slice_thickness=(5, 6),
+    texture=(0.08, 0.12),
+    tumour_texture=(0.15, 0.25),
+    radius=(24.0, 32.0),
+    foci=(1, 3),
+    irregularity=(0.35, 0.5),
+    cyst_chance=0.5,
+    enhancing_chance=0.85,
+    mass_effect=(0.4, 0.5),
+    vessels=(0.6, 0.8),
     deformation=(5.0, 6.0),
-    scale=(5000.0, 12000.0))
+    scale=(5000.0, 12000.0),
+)
 GENERATORS = {"default": DEFAULT, "shifted": SHIFTED}
 # Every randomisation at a fixed, quiet value: the figure changes one at a time from here.
 FIXED = Randomisation(
-    contrast=(0.0, 0.0), gamma=(0.0, 0.0), bias=(0.0, 0.0), noise=(0.01, 0.01), blur=(0.0, 0.0),
-    thick_slice_chance=0.0, slice_thickness=(5, 5), texture=(0.0, 0.0), tumour_texture=(0.0, 0.0),
-    radius=(14.0, 14.0), foci=(1, 1), irregularity=(0.1, 0.1), cyst_chance=0.0,
-    enhancing_chance=1.0, mass_effect=(0.0, 0.0), vessels=(0.0, 0.0), deformation=(0.0, 0.0),
-    scale=(1000.0, 1000.0))
+    contrast=(0.0, 0.0),
+    gamma=(0.0, 0.0),
+    bias=(0.0, 0.0),
+    noise=(0.01, 0.01),
+    blur=(0.0, 0.0),
+    thick_slice_chance=0.0,
+    slice_thickness=(5, 5),
+    texture=(0.0, 0.0),
+    tumour_texture=(0.0, 0.0),
+    radius=(14.0, 14.0),
+    foci=(1, 1),
+    irregularity=(0.1, 0.1),
+    cyst_chance=0.0,
+    enhancing_chance=1.0,
+    mass_effect=(0.0, 0.0),
+    vessels=(0.0, 0.0),
+    deformation=(0.0, 0.0),
+    scale=(1000.0, 1000.0),
+)
 # What the figure shows, one randomisation at a time (name -> changes to FIXED).
 SHOWCASE = {
     "fixed": {},
@@ -189,8 +249,11 @@ def draw_contrast(rng: np.random.Generator, randomisation: Randomisation = DEFAU
 def orderings_hold(contrast: np.ndarray) -> bool:
     """True when ``contrast`` ``(len(TISSUES), 4)`` keeps every ordering of :data:`ORDERINGS`."""
     index = {name: i for i, name in enumerate(TISSUES)}
-    return all(np.all(np.diff(contrast[[index[n] for n in chain], channel]) >= 0)
-               for channel, sequence in enumerate(CHANNELS) for chain in ORDERINGS[sequence])
+    return all(
+        np.all(np.diff(contrast[[index[n] for n in chain], channel]) >= 0)
+        for channel, sequence in enumerate(CHANNELS)
+        for chain in ORDERINGS[sequence]
+    )
 
 
 def brats_affine(affine: np.ndarray, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
@@ -211,7 +274,7 @@ def mni_anatomy() -> dict[str, np.ndarray]:
     maps = {}
     for name in ("t1", "gm", "wm"):
         img = nib.load(folder / _MNI.format(name))
-        data = np.asarray(img.dataobj, dtype=np.float32)[:, :, :SHAPE[2]] / 255.0
+        data = np.asarray(img.dataobj, dtype=np.float32)[:, :, : SHAPE[2]] / 255.0
         maps[name] = np.ascontiguousarray(np.pad(data, _PAD)[::-1, ::-1])  # R, A -> L, P
     affine = img.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.array([_PAD[0][0], _PAD[1][0], 0])
@@ -267,8 +330,9 @@ def _anatomy_box(anatomy: dict, margin: int = 24) -> tuple[slice, slice, slice]:
 
 def _reach(maps: list[np.ndarray]) -> np.ndarray:
     """Voxels within one voxel (26-neighbourhood) of a non-zero voxel of any of ``maps``."""
-    return ndimage.binary_dilation(np.logical_or.reduce([m > 0 for m in maps]),
-                                   np.ones((3, 3, 3), bool))
+    return ndimage.binary_dilation(
+        np.logical_or.reduce([m > 0 for m in maps]), np.ones((3, 3, 3), bool)
+    )
 
 
 @lru_cache(maxsize=1)
@@ -281,8 +345,9 @@ def _template_reach() -> np.ndarray:
 WARPED = ("t1", "grey", "white", "brain")  # the maps a warp moves (CSF follows from them)
 
 
-def _sample_near(maps: dict[str, np.ndarray], coords: np.ndarray, reach: np.ndarray,
-                 mode: str = "constant") -> dict[str, np.ndarray]:
+def _sample_near(
+    maps: dict[str, np.ndarray], coords: np.ndarray, reach: np.ndarray, mode: str = "constant"
+) -> dict[str, np.ndarray]:
     """``ndimage.map_coordinates(map, coords, order=1, mode=mode)`` of each map (float32,
     ``(N,)`` for ``coords`` ``(3, N)``), computed only at points whose nearest voxel (clamped to
     the grid) is in ``reach`` (:func:`_reach` of the maps): the others interpolate zeros."""
@@ -309,8 +374,12 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
     return (rz @ ry @ rx).astype(np.float32)
 
 
-def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generator,
-                  randomisation: Randomisation = DEFAULT) -> dict:
+def _warp_anatomy(
+    anatomy: dict,
+    box: tuple[slice, ...],
+    rng: np.random.Generator,
+    randomisation: Randomisation = DEFAULT,
+) -> dict:
     """Tissue maps ``(bx, by, bz)`` inside ``box`` after a random affine (rotation about three
     axes, scaling per axis) and a smooth deformation of random strength and scale."""
     shape = tuple(s.stop - s.start for s in box)
@@ -321,9 +390,10 @@ def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generato
     strength = rng.uniform(*randomisation.deformation)
     scale = rng.uniform(25, 50)
     # Each source coordinate is separable before the deformation: three broadcast sums.
-    grid = [(np.arange(n, dtype=np.float32) - c).reshape([-1 if a == axis else 1
-                                                          for a in range(3)])
-            for axis, (n, c) in enumerate(zip(shape, centre))]
+    grid = [
+        (np.arange(n, dtype=np.float32) - c).reshape([-1 if a == axis else 1 for a in range(3)])
+        for axis, (n, c) in enumerate(zip(shape, centre))
+    ]
     coords = np.empty((3, int(np.prod(shape))), np.float32)
     for axis in range(3):
         source = matrix[axis, 0] * grid[0] + matrix[axis, 1] * grid[1] + matrix[axis, 2] * grid[2]
@@ -338,13 +408,18 @@ def _warp_anatomy(anatomy: dict, box: tuple[slice, ...], rng: np.random.Generato
     return warped
 
 
-def bias_field(shape: tuple[int, int, int], strength: float, rng: np.random.Generator,
-               where: np.ndarray | None = None) -> np.ndarray:
+def bias_field(
+    shape: tuple[int, int, int],
+    strength: float,
+    rng: np.random.Generator,
+    where: np.ndarray | None = None,
+) -> np.ndarray:
     """A smooth multiplicative field ``(x, y, z)`` around 1: ``exp(strength * smooth field)``;
     only its values at the flat indices ``where`` (1-D), if given."""
     field = smooth_field(shape, 60, rng)
-    return np.exp(strength * (field if where is None else field.reshape(-1)[where])
-                  ).astype(np.float32)
+    return np.exp(strength * (field if where is None else field.reshape(-1)[where])).astype(
+        np.float32
+    )
 
 
 def thick_slices(volume: np.ndarray, axis: int, thickness: int, phase: int) -> np.ndarray:
@@ -358,8 +433,9 @@ def thick_slices(volume: np.ndarray, axis: int, thickness: int, phase: int) -> n
     low = np.floor(position).astype(int)
     high = np.minimum(low + 1, len(centres) - 1)
     weight = (position - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
-    return (np.take(samples, low, axis=axis) * (1 - weight)
-            + np.take(samples, high, axis=axis) * weight)
+    return (
+        np.take(samples, low, axis=axis) * (1 - weight) + np.take(samples, high, axis=axis) * weight
+    )
 
 
 def _mass_effect(tissue: dict, centre: np.ndarray, radius: float, strength: float) -> None:
@@ -369,36 +445,55 @@ def _mass_effect(tissue: dict, centre: np.ndarray, radius: float, strength: floa
         return
     shape = tissue["brain"].shape
     half = int(3 * radius) + 4
-    box = tuple(slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape))
+    box = tuple(
+        slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape)
+    )
     local = np.indices(tuple(s.stop - s.start for s in box), dtype=np.float32)
-    offset = local + np.array([s.start for s in box], np.float32)[:, None, None, None] \
+    offset = (
+        local
+        + np.array([s.start for s in box], np.float32)[:, None, None, None]
         - centre[:, None, None, None]
-    r = np.sqrt((offset ** 2).sum(axis=0)) + 1e-6
-    push = strength * radius * np.where(r < radius, r / radius,
-                                        np.exp(-((r - radius) / radius) ** 2))
+    )
+    r = np.sqrt((offset**2).sum(axis=0)) + 1e-6
+    push = (
+        strength
+        * radius
+        * np.where(r < radius, r / radius, np.exp(-(((r - radius) / radius) ** 2)))
+    )
     coords = local - push * offset / r
     maps = {name: tissue[name][box] for name in WARPED}
     sampled = _sample_near(maps, coords.reshape(3, -1), _reach(list(maps.values())), "nearest")
     for name, values in sampled.items():
         tissue[name][box] = values.reshape(r.shape)
-    tissue["csf"][box] = np.clip(tissue["brain"][box] - tissue["grey"][box]
-                                 - tissue["white"][box], 0, 1)
+    tissue["csf"][box] = np.clip(
+        tissue["brain"][box] - tissue["grey"][box] - tissue["white"][box], 0, 1
+    )
 
 
-def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Generator,
-           randomisation: Randomisation) -> tuple[tuple[slice, ...], dict[str, np.ndarray]]:
+def _focus(
+    tissue: dict,
+    centre: np.ndarray,
+    radius: float,
+    rng: np.random.Generator,
+    randomisation: Randomisation,
+) -> tuple[tuple[slice, ...], dict[str, np.ndarray]]:
     """One tumour focus: its box and soft compartments (fractions 0..1) of edema,
     non-enhancing tumour, necrosis, cyst and enhancing tumour inside it."""
     shape = tissue["white"].shape
     reach = min(rng.uniform(1.3, 3.2), 35.0 / radius)  # edema extent along white matter, in radii
     irregularity = rng.uniform(*randomisation.irregularity)
     half = int(2.5 * reach * radius * (1 + irregularity)) + 6
-    box = tuple(slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape))
+    box = tuple(
+        slice(max(0, int(c) - half), min(s, int(c) + half + 1)) for c, s in zip(centre, shape)
+    )
     local = tuple(np.arange(s.start, s.stop, dtype=np.float32) for s in box)
     axes = (radius * rng.uniform(0.7, 1.3, 3)).astype(np.float32)
     offsets = [(g - c) / a for g, c, a in zip(local, centre, axes)]
-    distance = np.sqrt(offsets[0][:, None, None] ** 2 + offsets[1][None, :, None] ** 2
-                       + offsets[2][None, None, :] ** 2)
+    distance = np.sqrt(
+        offsets[0][:, None, None] ** 2
+        + offsets[1][None, :, None] ** 2
+        + offsets[2][None, None, :] ** 2
+    )
     box_shape = distance.shape
     coarse = np.clip(smooth_field(box_shape, max(4.0, radius * 0.8), rng), -2, 2)
     fine = np.clip(smooth_field(box_shape, max(2.0, radius * 0.3), rng), -2, 2)
@@ -422,20 +517,27 @@ def _focus(tissue: dict, centre: np.ndarray, radius: float, rng: np.random.Gener
 
     white = tissue["white"][box]
     tissue_in_box = white + tissue["grey"][box]
-    spread = (1 + (reach - 1) * white) * (1 + 0.15 * np.clip(smooth_field(box_shape, 6, rng), -2, 2))
+    spread = (1 + (reach - 1) * white) * (
+        1 + 0.15 * np.clip(smooth_field(box_shape, 6, rng), -2, 2)
+    )
     edema = np.clip(1 / (1 + np.exp(np.clip((distance - spread) / edge, -30, 30))) - tumour, 0, 1)
     edema *= np.clip(tissue_in_box * 1.2, 0, 1)
     zero = np.zeros_like(tumour)
-    return box, {"edema": edema, "non_enhancing": non_enhancing,
-                 "necrosis": zero if cystic else core, "cyst": core if cystic else zero,
-                 "enhancing": enhancing}
+    return box, {
+        "edema": edema,
+        "non_enhancing": non_enhancing,
+        "necrosis": zero if cystic else core,
+        "cyst": core if cystic else zero,
+        "enhancing": enhancing,
+    }
 
 
 COMPARTMENTS = ("edema", "non_enhancing", "necrosis", "cyst", "enhancing")
 
 
-def _tumour(tissue: dict, rng: np.random.Generator,
-            randomisation: Randomisation = DEFAULT) -> dict[str, np.ndarray]:
+def _tumour(
+    tissue: dict, rng: np.random.Generator, randomisation: Randomisation = DEFAULT
+) -> dict[str, np.ndarray]:
     """Soft compartments ``(bx, by, bz)`` (fractions 0..1, summing to at most 1) of edema,
     non-enhancing tumour, necrosis, cyst and enhancing tumour: one to a few foci, the first at a
     random place in deep white matter with mass effect on the anatomy (``tissue`` changes)."""
@@ -474,8 +576,9 @@ def resolve_generator(generator: str | Randomisation) -> tuple[str, Randomisatio
     return generator, GENERATORS[generator]
 
 
-def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = DEFAULT
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def synthesize_case(
+    seed: int, index: int, randomisation: Randomisation | str = DEFAULT
+) -> tuple[np.ndarray, np.ndarray]:
     """Phantom case ``index`` of dataset ``seed``, drawn with ``randomisation`` (a
     :class:`Randomisation` or a name in :data:`GENERATORS`).
 
@@ -492,8 +595,9 @@ def synthesize_case(seed: int, index: int, randomisation: Randomisation | str = 
         return _synthesize(seed, index, resolve_generator(randomisation)[1])
 
 
-def _synthesize(seed: int, index: int, randomisation: Randomisation
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _synthesize(
+    seed: int, index: int, randomisation: Randomisation
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([seed, index])
     anatomy = mni_anatomy()
     box = _anatomy_box(anatomy)
@@ -514,20 +618,32 @@ def _synthesize(seed: int, index: int, randomisation: Randomisation
     normal_s = on_support(normal)
     # Vessels and dura: a random share of the sulcal CSF, in thin smooth patches.
     vessel_share = rng.uniform(*randomisation.vessels)
-    vessel = on_support(tissue["csf"]) * normal_s * (
-        on_support(smooth_field(box_shape, 2, rng)) > np.sqrt(2) * _erfinv(1 - 2 * vessel_share))
-    fractions = [on_support(tissue["csf"]) * normal_s - vessel,
-                 on_support(tissue["grey"]) * normal_s, on_support(tissue["white"]) * normal_s,
-                 *(on_support(tumour[name]) for name in
-                   ("edema", "non_enhancing", "necrosis", "enhancing", "cyst")), vessel]
+    vessel = (
+        on_support(tissue["csf"])
+        * normal_s
+        * (on_support(smooth_field(box_shape, 2, rng)) > np.sqrt(2) * _erfinv(1 - 2 * vessel_share))
+    )
+    fractions = [
+        on_support(tissue["csf"]) * normal_s - vessel,
+        on_support(tissue["grey"]) * normal_s,
+        on_support(tissue["white"]) * normal_s,
+        *(
+            on_support(tumour[name])
+            for name in ("edema", "non_enhancing", "necrosis", "enhancing", "cyst")
+        ),
+        vessel,
+    ]
     contrast = draw_contrast(rng, randomisation)
-    # The template's own T1 texture (deep nuclei, cortex detail) beyond what the tissue mix explains.
+    # The template's own T1 texture (deep nuclei, cortex detail) beyond the tissue mix's.
     t1_mix = sum(f * c for f, c in zip(fractions[:3], CONTRAST[:3, 1]))
     detail = (on_support(tissue["t1"]) - t1_mix) * normal_s
     detail_weight = (0.4, 1.0, 0.9, -0.4)
-    texture = 1 + (rng.uniform(*randomisation.texture) * on_support(smooth_field(box_shape, 2, rng))
-                   * normal_s + rng.uniform(*randomisation.tumour_texture)
-                   * on_support(smooth_field(box_shape, 3, rng)) * (on_support(lesion) > 0.01))
+    texture = 1 + (
+        rng.uniform(*randomisation.texture) * on_support(smooth_field(box_shape, 2, rng)) * normal_s
+        + rng.uniform(*randomisation.tumour_texture)
+        * on_support(smooth_field(box_shape, 3, rng))
+        * (on_support(lesion) > 0.01)
+    )
     # Only brain voxels above one half are stored: noise and intensity curves work on them.
     stored = np.flatnonzero(brain > 0.5)
     brain_stored = brain.reshape(-1)[stored]
@@ -535,24 +651,29 @@ def _synthesize(seed: int, index: int, randomisation: Randomisation
     image = np.zeros(SHAPE + (len(CHANNELS),), np.float32)
     for channel in range(len(CHANNELS)):
         signal = np.zeros(box_shape, np.float32)
-        signal.reshape(-1)[support] = (sum(f * c for f, c in zip(fractions, contrast[:, channel]))
-                                       + detail_weight[channel] * detail) * texture
+        signal.reshape(-1)[support] = (
+            sum(f * c for f, c in zip(fractions, contrast[:, channel]))
+            + detail_weight[channel] * detail
+        ) * texture
         sigma = rng.uniform(*randomisation.blur, 3)
         if sigma.max() > 0.2:
             signal = ndimage.gaussian_filter(signal, sigma)
         thick = rng.random() < randomisation.thick_slice_chance  # every draw made either way
         axis = 2 if rng.random() < 0.6 else int(rng.integers(2))
-        thickness = int(rng.integers(randomisation.slice_thickness[0],
-                                     randomisation.slice_thickness[1] + 1))
+        thickness = int(
+            rng.integers(randomisation.slice_thickness[0], randomisation.slice_thickness[1] + 1)
+        )
         phase = int(rng.integers(thickness))
         if thick:
             signal = thick_slices(signal, axis, thickness, phase)
         signal = signal.reshape(-1)[stored] * bias_field(
-            box_shape, rng.uniform(*randomisation.bias), rng, stored)
+            box_shape, rng.uniform(*randomisation.bias), rng, stored
+        )
         noise = rng.uniform(*randomisation.noise)
         # Rician noise on the stored voxels only, from a stream of its own per sequence.
         real, imaginary = noise * np.random.default_rng([seed, index, 1 + channel]).standard_normal(
-            (2, signal.size), np.float32)
+            (2, signal.size), np.float32
+        )
         noisy = np.hypot(signal + real, imaginary)
         noisy = noisy ** float(_two_sided(rng, randomisation.gamma))
         scale = _log_uniform(rng, randomisation.scale)
@@ -560,8 +681,12 @@ def _synthesize(seed: int, index: int, randomisation: Randomisation
         values.reshape(-1)[stored] = np.round(noisy * brain_stored * scale)
         image[box + (channel,)] = values
 
-    classes = [normal, tumour["edema"],
-               tumour["non_enhancing"] + tumour["necrosis"] + tumour["cyst"], tumour["enhancing"]]
+    classes = [
+        normal,
+        tumour["edema"],
+        tumour["non_enhancing"] + tumour["necrosis"] + tumour["cyst"],
+        tumour["enhancing"],
+    ]
     label = np.zeros(SHAPE, np.uint8)
     label[box] = _argmax(classes) * (brain > 0.5)
     return image, label
@@ -590,15 +715,21 @@ def dataset_json(case_ids: list[str], description: str) -> dict:
         "labels": {str(k): v for k, v in LABELS.items()},
         "numTraining": len(case_ids),
         "numTest": 0,
-        "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
-                     for c in case_ids],
+        "training": [
+            {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in case_ids
+        ],
         "test": [],
     }
 
 
-def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progress: bool = True,
-                  workers: int | None = None, generator: str | Randomisation = "default"
-                  ) -> list[str]:
+def write_dataset(
+    out: str | os.PathLike,
+    cases: int = 24,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+    generator: str | Randomisation = "default",
+) -> list[str]:
     """Write ``cases`` phantom cases in the MSD Task01 layout under ``out``; return their ids.
 
     ``generator`` names the ranges in :data:`GENERATORS` ("default" for training, "shifted" for
@@ -607,8 +738,9 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
     (tqdm's rule); ``progress=False`` hides it always.
 
     Cases are made in ``workers`` processes (default: :func:`default_workers`).
-    ``dataset.json`` is written first and each file atomically; complete cases of the same seed and ranges are kept, so an
-    interrupted run resumes (and a folder of another seed is refused, interrupted or not).
+    ``dataset.json`` is written first and each file atomically; complete cases of the same seed
+    and ranges are kept, so an interrupted run resumes (and a folder of another seed is refused,
+    interrupted or not).
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -623,15 +755,27 @@ def write_dataset(out: str | os.PathLike, cases: int = 24, seed: int = 0, progre
     # The manifest first: an interrupted folder still says which seed and ranges it holds.
     with atomic_path(out / "dataset.json") as tmp:
         description = f"tumorseg synthetic phantoms, seed {seed}, {name} generator"
-        manifest = dataset_json(ids, description) | {"seed": seed, "generator": name,
-                                                     "randomisation": _ranges(randomisation)}
+        manifest = dataset_json(ids, description) | {
+            "seed": seed,
+            "generator": name,
+            "randomisation": _ranges(randomisation),
+        }
         tmp.write_text(json.dumps(manifest, indent=2))
-    todo = [(out, seed, index, case_id, randomisation) for index, case_id in enumerate(ids)
-            if not all((out / folder / f"{case_id}.nii.gz").exists()
-                       for folder in ("imagesTr", "labelsTr"))]
+    todo = [
+        (out, seed, index, case_id, randomisation)
+        for index, case_id in enumerate(ids)
+        if not all(
+            (out / folder / f"{case_id}.nii.gz").exists() for folder in ("imagesTr", "labelsTr")
+        )
+    ]
     workers = min(workers or default_workers(), max(len(todo), 1))
-    bar = tqdm(total=cases, initial=cases - len(todo), desc="synth", unit="case",
-               disable=None if progress else True)
+    bar = tqdm(
+        total=cases,
+        initial=cases - len(todo),
+        desc="synth",
+        unit="case",
+        disable=None if progress else True,
+    )
     with bar:
         if workers == 1:
             for job in todo:
@@ -661,8 +805,11 @@ def default_workers(cores: int | None = None, available: float | None = None) ->
 def _available_memory() -> float | None:
     try:
         with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024.0 for line in meminfo
-                        if line.startswith("MemAvailable:"))
+            return next(
+                int(line.split()[1]) * 1024.0
+                for line in meminfo
+                if line.startswith("MemAvailable:")
+            )
     except (OSError, StopIteration, ValueError, IndexError):
         return None
 
@@ -677,31 +824,43 @@ def _check_same_dataset(out: Path, seed: int, generator: str, randomisation: Ran
     if manifest.exists():
         try:
             values = json.loads(manifest.read_text())
-            previous = (values.get("seed"), values.get("generator", "default"),
-                        values.get("randomisation"))
+            previous = (
+                values.get("seed"),
+                values.get("generator", "default"),
+                values.get("randomisation"),
+            )
         except (ValueError, AttributeError):
             raise InputError(manifest, "not a JSON dataset description") from None
         if previous[0] != seed:
-            raise InputError(manifest, f"holds a dataset of seed {previous[0]}, not {seed}: "
-                                       f"choose another --out folder")
+            raise InputError(
+                manifest,
+                f"holds a dataset of seed {previous[0]}, not {seed}: choose another --out folder",
+            )
         if previous[1] != generator:
-            raise InputError(manifest, f"holds a dataset of the {previous[1]} generator, not "
-                                       f"{generator}: choose another --out folder")
+            raise InputError(
+                manifest,
+                f"holds a dataset of the {previous[1]} generator, not "
+                f"{generator}: choose another --out folder",
+            )
         if previous[2] != _ranges(randomisation):  # None: written before ranges were recorded
-            raise InputError(manifest, f"holds a dataset of other {generator} generator ranges "
-                                       f"(an earlier version?): delete the folder or choose "
-                                       f"another --out folder")
+            raise InputError(
+                manifest,
+                f"holds a dataset of other {generator} generator ranges "
+                f"(an earlier version?): delete the folder or choose "
+                f"another --out folder",
+            )
 
 
-def _write_case(out: Path, seed: int, index: int, case_id: str,
-                randomisation: Randomisation) -> None:
+def _write_case(
+    out: Path, seed: int, index: int, case_id: str, randomisation: Randomisation
+) -> None:
     image, label = synthesize_case(seed, index, randomisation)
     affine = mni_anatomy()["affine"]
     save_nifti(label, out / "labelsTr" / f"{case_id}.nii.gz", _reference(affine, np.uint8))
     save_nifti(image, out / "imagesTr" / f"{case_id}.nii.gz", _reference(affine, np.float32))
 
 
-def _reference(affine: np.ndarray, dtype) -> "object":
+def _reference(affine: np.ndarray, dtype) -> object:
     import nibabel as nib
 
     img = nib.Nifti1Image(np.zeros((1, 1, 1), dtype), affine)

@@ -27,9 +27,25 @@ from .inference import calibrate_threshold
 from .model import load_model
 from .patches import NO_AUGMENTATION, PatchSampler, cache_case, training_dataset
 from .presets import STRATEGIES
-from .run import (CACHE_DIR, CONFIG_FILE, CURVES_FILE, EARLY_STOP, FINISHED, HISTORY_FILE,
-                  LOGS_DIR, MODEL_FILE, OUT_OF_TIME, TrainConfig, checkpoint_name, is_run,
-                  read_config, read_state, split_cases, write_state)
+from .run import (
+    CACHE_DIR,
+    CONFIG_FILE,
+    CURVES_FILE,
+    EARLY_STOP,
+    FINISHED,
+    HISTORY_FILE,
+    LOGS_DIR,
+    MODEL_FILE,
+    OUT_OF_TIME,
+    TrainConfig,
+    checkpoint_name,
+    is_run,
+    read_config,
+    read_state,
+    split_cases,
+    write_state,
+)
+
 
 def make_strategy(name: str):
     """The tf.distribute strategy called ``name`` (multiworker reads TF_CONFIG)."""
@@ -53,15 +69,20 @@ def describe_devices(strategy: str, preset: str, startup_log: str = "") -> str:
 
     devices = tf.config.list_physical_devices()
     line = "TensorFlow devices: " + ", ".join(
-        f"{d.device_type}:{d.name.rpartition(':')[2]}" for d in devices)
+        f"{d.device_type}:{d.name.rpartition(':')[2]}" for d in devices
+    )
     expected = preset == "seed" or strategy == "mirrored"
     if expected and not any(d.device_type == "GPU" for d in devices):
-        why = [text.strip() for text in startup_log.splitlines()
-               if any(word in text.lower() for word in ("cuda", "cudnn", "gpu", "dlopen"))]
+        why = [
+            text.strip()
+            for text in startup_log.splitlines()
+            if any(word in text.lower() for word in ("cuda", "cudnn", "gpu", "dlopen"))
+        ]
         reason = "the seed preset" if preset == "seed" else f"the {strategy} strategy"
-        line += (f"\nwarning: no GPU loaded although {reason} expects one; training runs on "
-                 f"the CPU"
-                 + (f" (TensorFlow said: {why[-1][:200]})" if why else ""))
+        line += (
+            f"\nwarning: no GPU loaded although {reason} expects one; training runs on "
+            f"the CPU" + (f" (TensorFlow said: {why[-1][:200]})" if why else "")
+        )
     return line
 
 
@@ -75,13 +96,21 @@ def check_tf_config(text: str | None) -> None:
         raise InputError("TF_CONFIG", f"not valid JSON ({error})") from None
     workers = spec.get("cluster", {}).get("worker") if isinstance(spec, dict) else None
     task = spec.get("task") if isinstance(spec, dict) else None
-    if not isinstance(workers, list) or not workers or not all(
-            isinstance(w, str) and w.rpartition(":")[2].isdigit() for w in workers):
+    if (
+        not isinstance(workers, list)
+        or not workers
+        or not all(isinstance(w, str) and w.rpartition(":")[2].isdigit() for w in workers)
+    ):
         raise InputError("TF_CONFIG", 'needs "cluster": {"worker": ["host:port", ...]}')
-    if (not isinstance(task, dict) or task.get("type") != "worker"
-            or not isinstance(task.get("index"), int) or not 0 <= task["index"] < len(workers)):
-        raise InputError("TF_CONFIG", f'needs "task": {{"type": "worker", "index": 0..'
-                                      f'{len(workers) - 1}}}')
+    if (
+        not isinstance(task, dict)
+        or task.get("type") != "worker"
+        or not isinstance(task.get("index"), int)
+        or not 0 <= task["index"] < len(workers)
+    ):
+        raise InputError(
+            "TF_CONFIG", f'needs "task": {{"type": "worker", "index": 0..{len(workers) - 1}}}'
+        )
 
 
 class EarlyStopping:
@@ -93,10 +122,13 @@ class EarlyStopping:
         self.patience, self.best, self.waited = patience, best, waited
 
     @classmethod
-    def restore(cls, patience: int, state: dict | None) -> "EarlyStopping":
+    def restore(cls, patience: int, state: dict | None) -> EarlyStopping:
         state = state or {}
-        return cls(patience, state.get("best_val_dice", -math.inf),
-                   state.get("epochs_without_improvement", 0))
+        return cls(
+            patience,
+            state.get("best_val_dice", -math.inf),
+            state.get("epochs_without_improvement", 0),
+        )
 
     def update(self, value: float) -> bool:
         """Record an epoch's validation Dice; whether it is the best so far."""
@@ -132,8 +164,9 @@ class TrainingClock:
         return self.seconds() + (time.monotonic() - self.epoch_started) > limit_minutes * 60
 
 
-def stop_reason(config: TrainConfig, epochs_done: int, early: EarlyStopping,
-                clock: TrainingClock) -> str | None:
+def stop_reason(
+    config: TrainConfig, epochs_done: int, early: EarlyStopping, clock: TrainingClock
+) -> str | None:
     """Why the run ends after ``epochs_done`` epochs (the chief's decision), or None."""
     if epochs_done >= config.epochs:
         return FINISHED
@@ -190,6 +223,7 @@ def record_epoch(folder: Path, model, state: dict, improved: bool, best=None) ->
 
 def cosine_learning_rate(config: TrainConfig):
     """Epoch -> learning rate: cosine from ``learning_rate`` to its final fraction."""
+
     def schedule(epoch, _=None):
         progress = epoch / max(config.epochs - 1, 1)
         low = config.learning_rate * config.final_learning_rate_fraction
@@ -232,16 +266,25 @@ def configure_threads(config: TrainConfig) -> None:
 
     threading = tf.config.threading
     for value, get, set_ in (
-            (config.inter_op_threads, threading.get_inter_op_parallelism_threads,
-             threading.set_inter_op_parallelism_threads),
-            (config.intra_op_threads, threading.get_intra_op_parallelism_threads,
-             threading.set_intra_op_parallelism_threads)):
+        (
+            config.inter_op_threads,
+            threading.get_inter_op_parallelism_threads,
+            threading.set_inter_op_parallelism_threads,
+        ),
+        (
+            config.intra_op_threads,
+            threading.get_intra_op_parallelism_threads,
+            threading.set_intra_op_parallelism_threads,
+        ),
+    ):
         if value and get() != value:
             try:
                 set_(value)
             except RuntimeError:
-                print(f"warning: TensorFlow has started already; its thread pools stay at "
-                      f"{get() or 'its choice'} (not {value}); run in a fresh process")
+                print(
+                    f"warning: TensorFlow has started already; its thread pools stay at "
+                    f"{get() or 'its choice'} (not {value}); run in a fresh process"
+                )
 
 
 def make_objective(config: TrainConfig):
@@ -256,7 +299,7 @@ def make_objective(config: TrainConfig):
 
     loss = LOSSES[config.loss]
     targets = region_targets if config.model.output == "regions" else (lambda y: y)
-    weights = [0.5 ** k for k in range(config.deep_supervision + 1)]
+    weights = [0.5**k for k in range(config.deep_supervision + 1)]
     weights = [w / sum(weights) for w in weights]
 
     def objective(y, outputs):
@@ -319,8 +362,9 @@ def make_train_step(model, strategy, config: TrainConfig | None = None):
 
     def replica_step(x, y):
         y = targets(y)
-        loss, probabilities = gradient_step(model, model.optimizer, x, y,
-                                            strategy.num_replicas_in_sync, objective)
+        loss, probabilities = gradient_step(
+            model, model.optimizer, x, y, strategy.num_replicas_in_sync, objective
+        )
         return loss, batch_dice(y, probabilities)
 
     if config is not None and config.jit_compile:
@@ -346,10 +390,16 @@ def evaluate_patches(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> di
     """Soft Dice loss and Dice pooled over all validation patches."""
     from .metrics import BATCH_AXIS, dice_coefficient, soft_dice_loss
 
-    predictions = np.concatenate([np.asarray(model(x[i:i + batch_size], training=False))
-                                  for i in range(0, len(x), batch_size)])
-    return {"val_loss": float(soft_dice_loss(y, predictions, axis=BATCH_AXIS)),
-            "val_dice": float(dice_coefficient(y, predictions, axis=BATCH_AXIS))}
+    predictions = np.concatenate(
+        [
+            np.asarray(model(x[i : i + batch_size], training=False))
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+    return {
+        "val_loss": float(soft_dice_loss(y, predictions, axis=BATCH_AXIS)),
+        "val_dice": float(dice_coefficient(y, predictions, axis=BATCH_AXIS)),
+    }
 
 
 def used_up(config: TrainConfig, state: dict | None) -> bool:
@@ -389,8 +439,9 @@ def split_run(config: TrainConfig) -> TrainConfig:
     cases = [case for case in find_cases(config.data) if case.label is not None]
     if len(cases) < 2:
         raise InputError(config.data, "training needs at least two labelled cases")
-    config.train_cases, config.valid_cases = split_cases([c.id for c in cases],
-                                                         config.valid_fraction, config.seed)
+    config.train_cases, config.valid_cases = split_cases(
+        [c.id for c in cases], config.valid_fraction, config.seed
+    )
     train_ids = set(config.train_cases)
     spacings = [voxel_spacing(case) for case in cases if case.id in train_ids]
     config.spacing = [float(s) for s in np.median(np.asarray(spacings, float), axis=0)]
@@ -400,8 +451,9 @@ def split_run(config: TrainConfig) -> TrainConfig:
 def new_run(config: TrainConfig, out: Path) -> TrainConfig:
     """Check the data and the run folder, split the cases and write config.json."""
     if is_run(out):
-        raise InputError(out, "holds a run already: pass --resume to continue it, or choose "
-                              "another --out")
+        raise InputError(
+            out, "holds a run already: pass --resume to continue it, or choose another --out"
+        )
     split_run(config)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)
@@ -423,9 +475,14 @@ def train(config: TrainConfig, out: str | os.PathLike, strategy=None, verbose: i
     return _complete(config, out, None, strategy, verbose)
 
 
-def resume(out: str | os.PathLike, epochs: int | None = None,
-           time_limit_minutes: float | None = None, data: str | None = None, strategy=None,
-           verbose: int = 1) -> dict:
+def resume(
+    out: str | os.PathLike,
+    epochs: int | None = None,
+    time_limit_minutes: float | None = None,
+    data: str | None = None,
+    strategy=None,
+    verbose: int = 1,
+) -> dict:
     """Complete what the run in ``out`` is missing; returns its state.
 
     A run killed during training continues from its last complete epoch; a run killed during
@@ -442,11 +499,16 @@ def resume(out: str | os.PathLike, epochs: int | None = None,
     state = read_state(out)
     done = state["epoch"] if state else 0
     if epochs is not None and epochs < max(done, 1):
-        raise InputError("--epochs", f"the run in {out} has trained {done} epochs already; "
-                                     f"give more to extend it")
+        raise InputError(
+            "--epochs",
+            f"the run in {out} has trained {done} epochs already; give more to extend it",
+        )
     changes = {"epochs": epochs, "time_limit_minutes": time_limit_minutes, "data": data}
-    changes = {key: value for key, value in changes.items()
-               if value is not None and value != getattr(config, key)}
+    changes = {
+        key: value
+        for key, value in changes.items()
+        if value is not None and value != getattr(config, key)
+    }
     old_epochs = config.epochs
     for key, value in changes.items():
         setattr(config, key, value)
@@ -469,9 +531,11 @@ def schedule_change(config: TrainConfig, old_epochs: int, done: int) -> str:
 
     old = learning_rate_schedule(replace(config, epochs=old_epochs))
     new = learning_rate_schedule(config)
-    return (f"learning rate: the {config.schedule} schedule now spans {config.epochs} epochs (was "
-            f"{old_epochs}): epoch {done} trained at {old(done - 1):.3g}, epoch {done + 1} "
-            f"trains at {new(done):.3g}, falling to {new(config.epochs - 1):.3g}")
+    return (
+        f"learning rate: the {config.schedule} schedule now spans {config.epochs} epochs (was "
+        f"{old_epochs}): epoch {done} trained at {old(done - 1):.3g}, epoch {done + 1} "
+        f"trains at {new(done):.3g}, falling to {new(config.epochs - 1):.3g}"
+    )
 
 
 def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verbose: int) -> dict:
@@ -484,8 +548,10 @@ def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verb
     if missing:
         raise InputError(config.data, f"cases of this run are missing: {', '.join(missing[:5])}")
     if state and state.get("ended"):
-        say(f"{out}: the run ended ({state['ended']}) after {done} epochs; nothing to train "
-            f"(--epochs or --time-limit extend it)")
+        say(
+            f"{out}: the run ended ({state['ended']}) after {done} epochs; nothing to train "
+            f"(--epochs or --time-limit extend it)"
+        )
     elif done >= config.epochs:
         say(f"{out}: all {done} epochs are trained")
     elif used_up(config, state):
@@ -497,19 +563,24 @@ def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verb
         if done:
             say(f"{out}: resuming at epoch {done + 1} of {config.epochs}")
         state = _fit_in_folder(config, out, state, strategy, by_id, verbose)
-        say(f"{out}: {state['ended']} after {state['epoch']} epochs; best validation Dice "
-            f"{state['best_val_dice']:.4f}")
+        say(
+            f"{out}: {state['ended']} after {state['epoch']} epochs; best validation Dice "
+            f"{state['best_val_dice']:.4f}"
+        )
     if chief and "threshold" not in state:
-        say(f"{out}: calibrating the label-map threshold on {len(config.valid_cases)} "
-            f"validation scans ({'with' if config.tta else 'without'} test-time flips)")
+        say(
+            f"{out}: calibrating the label-map threshold on {len(config.valid_cases)} "
+            f"validation scans ({'with' if config.tta else 'without'} test-time flips)"
+        )
         calibrate_threshold(out, [by_id[i] for i in config.valid_cases], tta=config.tta)
         state = read_state(out)
         say(f"{out}: threshold {state['threshold']}")
     return state
 
 
-def _fit_in_folder(config: TrainConfig, out: Path, state: dict | None, strategy, by_id: dict,
-                   verbose: int) -> dict:
+def _fit_in_folder(
+    config: TrainConfig, out: Path, state: dict | None, strategy, by_id: dict, verbose: int
+) -> dict:
     """:func:`_fit` writing into ``out`` on the chief, and into a temporary folder, deleted
     afterwards, on every other worker (as Keras' BackupAndRestore does)."""
     if is_chief(strategy):
@@ -525,8 +596,15 @@ def _fit_in_folder(config: TrainConfig, out: Path, state: dict | None, strategy,
 SLOW_START_VARIABLE = "TUMORSEG_SLOW_START_SECONDS"  # tests: a worker that starts late
 
 
-def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strategy,
-         by_id: dict, verbose: int) -> dict:
+def _fit(
+    config: TrainConfig,
+    out: Path,
+    folder: Path,
+    state: dict | None,
+    strategy,
+    by_id: dict,
+    verbose: int,
+) -> dict:
     """The training loop from the last complete epoch of the run in ``out``, writing into
     ``folder``; returns the new state. The chief's decision to stop reaches every worker."""
     import keras
@@ -537,19 +615,29 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
     cache = folder / CACHE_DIR
     train_cases = [cache_case(by_id[i], cache, patch) for i in config.train_cases]
     valid_cases = [cache_case(by_id[i], cache, patch) for i in config.valid_cases]
-    sampler = PatchSampler(train_cases, patch, config.tumour_share, config.augmentation,
-                           config.seed, core_share=config.core_share)
+    sampler = PatchSampler(
+        train_cases,
+        patch,
+        config.tumour_share,
+        config.augmentation,
+        config.seed,
+        core_share=config.core_share,
+    )
     valid_x, valid_y = validation_arrays(
         PatchSampler(valid_cases, patch, config.tumour_share, NO_AUGMENTATION, config.seed + 1),
-        config.validation_patches)
+        config.validation_patches,
+    )
 
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     start = initial_epoch * config.steps_per_epoch * global_batch
 
     def dataset_fn(context):
-        return training_dataset(sampler, context.get_per_replica_batch_size(global_batch),
-                                start=start,
-                                shard=(context.input_pipeline_id, context.num_input_pipelines))
+        return training_dataset(
+            sampler,
+            context.get_per_replica_batch_size(global_batch),
+            start=start,
+            shard=(context.input_pipeline_id, context.num_input_pipelines),
+        )
 
     from .metrics import region_targets
     from .model import main_output
@@ -564,8 +652,11 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
             from .model import add_deep_supervision, build_model
 
             model = add_deep_supervision(build_model(config.model), config.deep_supervision)
-            model.compile(optimizer=make_optimizer(config), loss=LOSSES[config.loss],
-                          metrics=None if config.deep_supervision else [batch_dice])
+            model.compile(
+                optimizer=make_optimizer(config),
+                loss=LOSSES[config.loss],
+                metrics=None if config.deep_supervision else [batch_dice],
+            )
         net = main_output(model)  # the one-output network: validated and saved as the best
         step = make_train_step(model, strategy, config)
         broadcast = make_broadcast(strategy)
@@ -578,10 +669,17 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
     early = EarlyStopping.restore(config.early_stopping_patience, state)
     clock = TrainingClock(state["training_seconds"])
     callbacks = keras.callbacks.CallbackList(
-        [keras.callbacks.LearningRateScheduler(learning_rate_schedule(config)),
-         keras.callbacks.TensorBoard(log_dir=str(folder / LOGS_DIR), write_graph=False)],
-        add_history=True, add_progbar=verbose > 0, model=model, verbose=verbose,
-        epochs=config.epochs, steps=config.steps_per_epoch)
+        [
+            keras.callbacks.LearningRateScheduler(learning_rate_schedule(config)),
+            keras.callbacks.TensorBoard(log_dir=str(folder / LOGS_DIR), write_graph=False),
+        ],
+        add_history=True,
+        add_progbar=verbose > 0,
+        model=model,
+        verbose=verbose,
+        epochs=config.epochs,
+        steps=config.steps_per_epoch,
+    )
     callbacks.on_train_begin()
     for epoch in range(initial_epoch, config.epochs):
         clock.start_epoch()
@@ -600,9 +698,12 @@ def _fit(config: TrainConfig, out: Path, folder: Path, state: dict | None, strat
         improved = early.update(logs["val_dice"])
         ended = broadcast(stop_reason(config, epoch + 1, early, clock))
         state |= early.state() | {
-            "epoch": epoch + 1, "checkpoint": checkpoint_name(epoch + 1),
-            "training_seconds": clock.seconds(), "ended": ended,
-            "history": state["history"] + [{"epoch": epoch + 1} | logs]}
+            "epoch": epoch + 1,
+            "checkpoint": checkpoint_name(epoch + 1),
+            "training_seconds": clock.seconds(),
+            "ended": ended,
+            "history": state["history"] + [{"epoch": epoch + 1} | logs],
+        }
         record_epoch(folder, model, state, improved, net)
         if ended:
             break
