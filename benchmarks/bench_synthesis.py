@@ -1,25 +1,47 @@
-"""Seconds per phantom case: the generator before issue 17 (:mod:`benchmarks.baseline_synthetic`)
-and now, on the same cases, timed alternately in one process (one worker), and how many of the
-cases kept their label map. The faster generator changed the noise pattern and the per-sequence
-artefact draws (blur, slices, bias, gamma, scale), which followed the noise in the case's
-stream; the anatomy, tumour and labels changed only by float rounding, which can move a tumour
-where a voxel's white-matter fraction sits on the threshold that picks its centre."""
+"""Seconds per phantom case: the generator before issue 17 (``tumorseg/synthetic.py`` at
+``OLD_COMMIT``, read from git) and now, on the same cases, timed alternately in one process (one
+worker), and how many of the cases kept their label map. The faster generator changed the noise
+pattern and the per-sequence artefact draws (blur, slices, bias, gamma, scale), which followed
+the noise in the case's stream; the anatomy, tumour and labels changed only by float rounding,
+which can move a tumour where a voxel's white-matter fraction sits on the threshold that picks
+its centre."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+import types
+from pathlib import Path
 
 import numpy as np
 
 from .common import save
 
 CASES = (0, 1, 2)  # indices of seed 0, default generator
+OLD_COMMIT = "ac82d5b"  # the last commit with the generator before issue 17
+
+
+def generator_before():
+    """``tumorseg.synthetic`` as it was at ``OLD_COMMIT``, loaded from git against today's
+    library (a git checkout is needed, as for the calibration benchmark)."""
+    source = subprocess.run(
+        ["git", "show", f"{OLD_COMMIT}:tumorseg/synthetic.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent,
+    ).stdout
+    module = types.ModuleType("synthetic_before")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source.replace("from .", "from tumorseg."), OLD_COMMIT, "exec"), module.__dict__)
+    return module
 
 
 def synthesis() -> dict:
     from tumorseg.synthetic import synthesize_case
 
-    from .baseline_synthetic import synthesize_case as before
+    before = generator_before().synthesize_case
 
     synthesize_case(0, 99), before(0, 99)  # warm-up: template, caches, imports
     seconds = {"before": [], "now": []}
