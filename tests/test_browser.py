@@ -160,7 +160,7 @@ def test_slice_viewer_in_jupyterlab(lab):
         assert np.abs(moved - before).mean() > 1.0, "moving the slice slider changed nothing"
         assert red_pixels(before) > 200, "no overlay colours on the slice with most tumour"
 
-        page.get_by_role("checkbox", name="label overlay").uncheck()
+        page.get_by_role("checkbox", name="label overlay").first.uncheck()
         page.wait_for_timeout(1500)
         plain = picture(view)
         assert red_pixels(plain) == 0, "the overlay stayed on"

@@ -627,7 +627,8 @@ def test_sigkill_while_a_prediction_is_written_leaves_no_partial_file(trained_ru
     image = np.zeros(shape + (4,), np.float32)
     image[20:220, 20:220, 10:110] = np.random.default_rng(0).normal(100, 30, (200, 200, 100, 4))
     source = tmp_path / "big.nii.gz"
-    nib.save(nib.Nifti1Image(image, np.eye(4)), source)
+    # L, P, S at the run's training spacing (2.5 mm slices), so predict does not refuse it
+    nib.save(nib.Nifti1Image(image, np.diag([-1.0, -1.0, 2.5, 1.0])), source)
     out = tmp_path / "pred"
     target = out / "big.nii.gz"
     process = subprocess.Popen(
