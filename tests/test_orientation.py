@@ -4,7 +4,6 @@ Task01's identity header is taken as L, P, S, and a scan at another spacing is r
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 
 from tumorseg.data import check_spacing, load_case, load_scan, scan_grid
 from tumorseg.errors import InputError
+from tumorseg.run import CONFIG_FILE, TrainConfig
 
 SHAPE = (20, 18, 12)
 # The BraTS header: voxel axes toward the patient's left, back and top (1 mm, offset as BraTS).
@@ -208,7 +208,9 @@ def test_predict_refuses_a_scan_at_another_spacing(tmp_path):
     )
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"spacing": [1.0, 1.0, 1.0]}))
+    TrainConfig.from_preset(tmp_path / "data", "cpu", spacing=[1.0, 1.0, 1.0]).save(
+        run / CONFIG_FILE
+    )
     result = tumorseg("predict", "--model", run, "--input", case, "--out", tmp_path / "p.nii.gz")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

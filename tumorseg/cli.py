@@ -172,17 +172,10 @@ def training_spacing(model: str) -> list[float] | None:
     """The voxel spacing (mm along x, y, z) a run was trained at, from the run folder's
     config.json (``--model`` names the folder or a .keras file in it); None when there is no
     run folder or the run predates the record."""
-    import json
-    from pathlib import Path
+    from .run import is_run, read_config
 
-    model = Path(model)
-    config = (model if model.is_dir() else model.parent) / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text()).get("spacing")
-    except (ValueError, AttributeError) as error:
-        raise InputError(config, f"not a tumorseg run configuration ({error})") from None
+    folder = Path(model) if Path(model).is_dir() else Path(model).parent
+    return read_config(folder).spacing if is_run(folder) else None
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
