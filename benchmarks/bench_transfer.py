@@ -97,8 +97,9 @@ def real_pictures(predictor, run: Path = RUN, prefix: Path = OUT / "real") -> li
 
 def transfer() -> dict:
     from tumorseg.inference import Predictor
+    from tumorseg.run import MODEL_FILE
 
-    if not (RUN / "model.keras").exists():
+    if not (RUN / MODEL_FILE).exists():
         return save("transfer", {"run": str(RUN), "missing": "no trained model: run `make run`"})
     predictor = Predictor.from_run(RUN)
     threshold = predictor.threshold
