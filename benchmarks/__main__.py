@@ -14,6 +14,7 @@ from . import (
     bench_model,
     bench_patches,
     bench_synthesis,
+    bench_tissues,
     bench_transfer,
     bench_viewer,
 )
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "inference": (bench_inference.inference, bench_inference.report_inference),
     "synthesis": (bench_synthesis.synthesis, bench_synthesis.report_synthesis),
     "transfer": (bench_transfer.transfer, bench_transfer.report_transfer),
+    "tissues": (bench_tissues.tissues, bench_tissues.report_tissues),
     "ablation": (bench_ablation.ablation, bench_ablation.report_ablation),
     "calibration": (bench_calibration.calibration, bench_calibration.report_calibration),
 }

@@ -5,7 +5,8 @@ training lever of issue 17 (bf16, region outputs, Dice + CE, deep supervision, c
 patches, instance normalisation, SGD + poly, XLA, threads), each from ``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
 on held-out phantoms of its own generator and of the shifted one
-(:func:`benchmarks.bench_transfer.dice_on`, no TTA) and on the real development pair
+(:func:`benchmarks.bench_transfer.dice_on`, no TTA, the default threshold 0.5: no calibration)
+and on the real development pair
 (``data/real``, :mod:`tumorseg.devset`), with its training steps per second and minutes.
 
 Long (one `make run`-length training per variant and seed: about 20 minutes each, about 10
@@ -20,6 +21,7 @@ trained again.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +32,8 @@ import numpy as np
 from .bench_transfer import HELD_OUT as TRANSFER_HELD_OUT
 from .common import OUT, save
 
-MINUTES = float(os.environ.get("TUMORSEG_ABLATION_MINUTES", 15))
+MAKE_RUN_MINUTES = 15  # the Makefile's TRAIN_MINUTES
+MINUTES = float(os.environ.get("TUMORSEG_ABLATION_MINUTES", MAKE_RUN_MINUTES))
 CASES = int(os.environ.get("TUMORSEG_ABLATION_CASES", 32))
 SEEDS = int(os.environ.get("TUMORSEG_ABLATION_SEEDS", 2))
 HELD_OUT = int(os.environ.get("TUMORSEG_ABLATION_HELD_OUT", TRANSFER_HELD_OUT))
@@ -153,14 +156,27 @@ def held_out(name: str, generator: str = "own"):
 def train_run(name: str, seed: int) -> None:
     """Train (or finish) variant ``name`` with training seed ``seed`` under
     build/bench/ablation/ (run by :func:`ablation` in a fresh process)."""
+    import tumorseg.train
     from tumorseg.run import is_run
     from tumorseg.train import resume, train
 
+    # Every run is scored at the default threshold: calibrating costs a minute of the run.
+    tumorseg.train.calibrate_threshold = default_threshold
     run = folder() / f"run-{name}-seed{seed}"
     if is_run(run):
         resume(run, verbose=0)
         return
     train(variant_config(name, seed, train_data(name)), run, verbose=0)
+
+
+def default_threshold(run, valid_cases, tta) -> float:
+    """Record :data:`~tumorseg.presets.DEFAULT_THRESHOLD` as ``run``'s threshold (in place of
+    :func:`~tumorseg.inference.calibrate_threshold`)."""
+    from tumorseg.presets import DEFAULT_THRESHOLD
+    from tumorseg.run import read_state, write_state
+
+    write_state(run, read_state(run) | {"threshold": DEFAULT_THRESHOLD, "threshold_tta": tta})
+    return DEFAULT_THRESHOLD
 
 
 def variant_config(name: str, seed: int, data):
@@ -172,12 +188,14 @@ def variant_config(name: str, seed: int, data):
     from tumorseg.run import TrainConfig
 
     variant = VARIANTS[name]
+    # The preset's epochs fit make run's minutes; a shorter ablation shortens the schedule too.
+    epochs = TRAINING_PRESETS["cpu"]["epochs"] * variant.epochs * MINUTES / MAKE_RUN_MINUTES
     config = TrainConfig.from_preset(
         data,
         "cpu",
         time_limit_minutes=MINUTES * variant.minutes,
         seed=seed,
-        epochs=max(1, round(TRAINING_PRESETS["cpu"]["epochs"] * variant.epochs)),
+        epochs=max(1, round(epochs)),
     )
     return replace(
         config,
@@ -221,19 +239,34 @@ def spread(runs: list[dict], key: str) -> dict:
     }
 
 
+def scored(name: str, seed: int) -> dict:
+    """:func:`score_run`, kept beside the run (``score-<held-out cases>.json``): a repeated
+    ablation scores each finished run once."""
+    from tumorseg.atomic import atomic_path
+
+    path = folder() / f"run-{name}-seed{seed}" / f"score-{HELD_OUT}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    score = score_run(name, seed)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(score, indent=2))
+    return score
+
+
 def ablation() -> dict:
-    result = {
-        "minutes": MINUTES,
-        "cases": CASES,
-        "seeds": SEEDS,
-        "held_out_cases": HELD_OUT,
-        "variants": {},
-    }
+    """Train and score each chosen variant; the result (``build/bench/ablation.json``) is
+    written after each variant and keeps the variants of an earlier ablation with the same
+    settings."""
+    settings = {"minutes": MINUTES, "cases": CASES, "seeds": SEEDS, "held_out_cases": HELD_OUT}
     unknown = [name for name in CHOSEN if name not in VARIANTS]
     if unknown:
         raise SystemExit(
             f"TUMORSEG_ABLATION_VARIANTS: unknown {unknown}; known: {', '.join(VARIANTS)}"
         )
+    earlier = OUT / "ablation.json"
+    result = json.loads(earlier.read_text()) if earlier.exists() else {}
+    if {key: result.get(key) for key in settings} != settings:
+        result = settings | {"variants": {}}
     for name in CHOSEN:
         runs = []
         for seed in range(SEEDS):
@@ -246,7 +279,7 @@ def ablation() -> dict:
                 ],
                 check=True,
             )
-            runs.append(score_run(name, seed))
+            runs.append(scored(name, seed))
         result["variants"][name] = {
             "runs": runs,
             "cases": round(CASES * VARIANTS[name].cases),
@@ -254,7 +287,8 @@ def ablation() -> dict:
             "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
             "minutes": float(np.mean([r["minutes"] for r in runs])),
         }
-    return save("ablation", result)
+        save("ablation", result)
+    return result
 
 
 def report_ablation(r: dict) -> list[tuple[str, str, str]]:

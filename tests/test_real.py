@@ -98,3 +98,29 @@ def test_evaluate_prints_the_pair_beside_the_algorithms_agreement(real_cases, tm
     result = subprocess.run(run, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "no algorithm segmentations" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tissue_ratios_measure_each_tissue_against_white_matter():
+    """The tissue benchmark's measure (issue 17, item 2) on a volume of known intensities:
+    three T1 levels of normal brain, an edema block, all compared to white matter."""
+    from benchmarks.bench_tissues import tissue_ratios
+
+    # FLAIR, T1, T1gd, T2 of CSF, grey, white and edema.
+    values = {
+        "csf": (10, 20, 20, 300),
+        "grey": (130, 60, 60, 150),
+        "white": (100, 100, 100, 100),
+        "edema": (150, 70, 70, 180),
+    }
+    image = np.zeros((60, 60, 30, 4), np.float32)
+    label = np.zeros((60, 60, 30), np.uint8)
+    image[2:58, 2:58, 2:28] = values["white"]
+    image[2:58, 2:20, 2:28] = values["grey"]
+    image[2:58, 2:10, 2:28] = values["csf"]
+    image[44:58, 44:58, 2:28] = values["edema"]
+    label[44:58, 44:58, 2:28] = 1
+    ratios = tissue_ratios(image, label)
+    expected = {name: np.array(v) / np.array(values["white"]) for name, v in values.items()}
+    assert set(ratios) == {"csf", "grey", "white", "edema"}  # no core or enhancing voxels
+    for name, ratio in ratios.items():
+        np.testing.assert_allclose(ratio, expected[name], rtol=1e-3, err_msg=name)
