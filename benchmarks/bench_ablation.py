@@ -109,6 +109,18 @@ VARIANTS = {
         "lever: 1 inter-op, 2 intra-op threads",
         train={"inter_op_threads": 1, "intra_op_threads": 2},
     ),
+    # The levers the BraTS winners combine (nnU-Net's recipe), together.
+    "brats_recipe": Variant(
+        "recipe: region outputs, Dice + CE, deep supervision, instance norm., SGD + poly",
+        model={"output": "regions", "normalization": "instance"},
+        train={
+            "loss": "dice_ce",
+            "deep_supervision": 2,
+            "optimizer": "sgd",
+            "schedule": "poly",
+            "learning_rate": 0.01,
+        },
+    ),
 }
 CHOSEN = [
     name.strip()

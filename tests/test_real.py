@@ -115,10 +115,12 @@ def test_tissue_ratios_measure_each_tissue_against_white_matter():
     image = np.zeros((60, 60, 30, 4), np.float32)
     label = np.zeros((60, 60, 30), np.uint8)
     image[2:58, 2:58, 2:28] = values["white"]
-    image[2:58, 2:20, 2:28] = values["grey"]
+    image[2:58, 2:16, 2:28] = values["grey"]
     image[2:58, 2:10, 2:28] = values["csf"]
-    image[44:58, 44:58, 2:28] = values["edema"]
-    label[44:58, 44:58, 2:28] = 1
+    # More edema than grey matter, nearer grey on T1: counted as normal brain, it would move
+    # grey matter's median.
+    image[30:58, 30:58, 2:28] = values["edema"]
+    label[30:58, 30:58, 2:28] = 1
     ratios = tissue_ratios(image, label)
     expected = {name: np.array(v) / np.array(values["white"]) for name, v in values.items()}
     assert set(ratios) == {"csf", "grey", "white", "edema"}  # no core or enhancing voxels
