@@ -283,3 +283,34 @@ def test_core_share_centres_patches_on_the_core(tumour_dataset, tmp_path):
     )
     for i in range(4):
         np.testing.assert_array_equal(default(i)[0], zero(i)[0])
+
+
+def test_parallel_readers_open_arrays_one_at_a_time(tmp_path, monkeypatch):
+    """The input pipeline reads patches in parallel threads; np.load parses .npy headers with
+    ast, which Python 3.11 cannot run in two threads at once (it once killed a training with
+    "AST constructor recursion depth mismatch"), so opening an array is serialised."""
+    import threading
+    import time
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"a{i}.npy")
+        np.save(paths[-1], np.full(3, i))
+    load, active, most = np.load, [0], [0]
+
+    def slow_load(*args, **kwargs):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        active[0] -= 1
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(patches.np, "load", slow_load)
+    patches._open_array.cache_clear()
+    threads = [threading.Thread(target=patches.cached_array, args=(p,)) for p in paths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    patches._open_array.cache_clear()
+    assert most[0] == 1

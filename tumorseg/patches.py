@@ -13,6 +13,7 @@ corners list every qualifying window exactly. None comes back only when no windo
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -314,6 +315,10 @@ def pad_to(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 OPEN_ARRAYS = 32  # cached arrays held open (memory-mapped) at once, whatever the dataset's size
+# np.load parses a .npy header with ast.literal_eval, which Python 3.11 cannot run in two threads
+# at once (CPython gh-106905: "SystemError: AST constructor recursion depth mismatch"); the input
+# pipeline's parallel readers open arrays one at a time.
+_OPEN_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=OPEN_ARRAYS)
@@ -322,7 +327,8 @@ def _open_array(path: str, stamp: tuple[int, int]) -> np.ndarray:
 
     An open map holds one file descriptor: the LRU bounds them, and a map it drops is closed
     once no reader holds it."""
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    with _OPEN_LOCK:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def cached_array(path: str | Path) -> np.ndarray:
