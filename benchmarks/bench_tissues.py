@@ -90,18 +90,19 @@ def tissues() -> dict:
 
     from .bench_transfer import RUN, held_out
 
-    result = {"real": {}, "phantoms": {}, "errors": {}}
-    for case in find_cases(devset.LABELLED):
-        result["real"][case.id] = tissue_ratios(*load_case(case))
-    for case in find_cases(held_out("default"))[:PHANTOMS]:
-        result["phantoms"][case.id] = tissue_ratios(*load_case(case))
+    predictor = None
     if (RUN / "config.json").exists():
         from tumorseg.inference import Predictor
 
         predictor = Predictor.from_run(RUN)
-        for case in find_cases(devset.LABELLED):
-            image, label = load_case(case)
+    result = {"real": {}, "phantoms": {}, "errors": {}}
+    for case in find_cases(devset.LABELLED):
+        image, label = load_case(case)
+        result["real"][case.id] = tissue_ratios(image, label)
+        if predictor is not None:
             result["errors"][case.id] = false_tumour(predictor.segment(image), image, label)
+    for case in find_cases(held_out("default"))[:PHANTOMS]:
+        result["phantoms"][case.id] = tissue_ratios(*load_case(case))
     return save("tissues", result)
 
 
