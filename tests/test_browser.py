@@ -116,6 +116,19 @@ def picture(element) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(element.screenshot())).convert("RGB")).astype(int)
 
 
+def changed_picture(page, element, reference: np.ndarray, timeout: float = 60) -> np.ndarray:
+    """The element's picture once it differs from `reference` (or the last one at the deadline):
+    the kernel answers a widget change only after the cells still queued ahead of it."""
+    deadline = time.time() + timeout
+    while True:
+        now = picture(element)
+        if now.shape != reference.shape or np.abs(now - reference).mean() > 0.2:
+            return now
+        if time.time() > deadline:
+            return now
+        page.wait_for_timeout(500)
+
+
 def red_pixels(rgb: np.ndarray) -> int:
     """Pixels tinted by the edema overlay (red well above green and blue)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -148,6 +161,7 @@ def test_slice_viewer_in_jupyterlab(lab):
         view = page.locator(".widget-image").first
         view.wait_for(state="visible", timeout=300_000)
         view.scroll_into_view_if_needed()
+        wait_for_idle_kernel(url, token)
         page.wait_for_timeout(1000)
         before = picture(view)
 
@@ -155,14 +169,12 @@ def test_slice_viewer_in_jupyterlab(lab):
         handle.focus()
         for _ in range(6):
             page.keyboard.press("ArrowRight")
-        page.wait_for_timeout(1500)
-        moved = picture(view)
+        moved = changed_picture(page, view, before)
         assert np.abs(moved - before).mean() > 1.0, "moving the slice slider changed nothing"
         assert red_pixels(before) > 200, "no overlay colours on the slice with most tumour"
 
         page.get_by_role("checkbox", name="label overlay").first.uncheck()
-        page.wait_for_timeout(1500)
-        plain = picture(view)
+        plain = changed_picture(page, view, moved)
         assert red_pixels(plain) == 0, "the overlay stayed on"
         assert np.abs(plain - moved).mean() > 0.2
         browser.close()
