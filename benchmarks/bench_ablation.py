@@ -84,12 +84,21 @@ VARIANTS = {
         model={"n_base_filters": 12},
         epochs=0.5,
     ),
+    # The generator's tissue rules widened to the tissue ratios measured on real scans.
+    "widened": Variant(
+        "rules: grey as dark as white on FLAIR, edema less bright on FLAIR, as grey on T1",
+        {"contrast_rules": "widened"},
+    ),
     # The training levers of issue 17, each alone on the defaults.
     "bf16": Variant("lever: mixed-bfloat16 training", model={"precision": "bf16"}),
     "regions": Variant(
         "lever: region outputs WT/TC/ET (nested sigmoids)", model={"output": "regions"}
     ),
     "dice_ce": Variant("lever: Dice + binary cross-entropy", train={"loss": "dice_ce"}),
+    "dice_ce_core": Variant(
+        "combined: Dice + binary cross-entropy, 0.3 of patches on the core, 0.3 on any tumour",
+        train={"loss": "dice_ce", "tumour_share": 0.3, "core_share": 0.3},
+    ),
     "deep_supervision": Variant(
         "lever: deep supervision, 2 auxiliary outputs", train={"deep_supervision": 2}
     ),
@@ -133,6 +142,12 @@ def folder():
     return OUT / "ablation"
 
 
+def run_folder(name: str, seed: int):
+    """Where variant ``name`` trains with training seed ``seed`` (the minutes in the name: a
+    shorter ablation trains runs of its own)."""
+    return folder() / f"run-{name}-seed{seed}-{MINUTES:g}min"
+
+
 def train_data(name: str):
     """The training phantoms of variant ``name`` (shared by the variants of the default
     generator and case count), written once."""
@@ -174,7 +189,7 @@ def train_run(name: str, seed: int) -> None:
 
     # Every run is scored at the default threshold: calibrating costs a minute of the run.
     tumorseg.train.calibrate_threshold = default_threshold
-    run = folder() / f"run-{name}-seed{seed}"
+    run = run_folder(name, seed)
     if is_run(run):
         resume(run, verbose=0)
         return
@@ -226,7 +241,7 @@ def score_run(name: str, seed: int) -> dict:
 
     from .bench_transfer import dice_on
 
-    run = folder() / f"run-{name}-seed{seed}"
+    run = run_folder(name, seed)
     state, config = read_state(run), read_config(run)
     predictor = Predictor.from_run(run)
     steps = state["epoch"] * config.steps_per_epoch
@@ -256,7 +271,7 @@ def scored(name: str, seed: int) -> dict:
     ablation scores each finished run once."""
     from tumorseg.atomic import atomic_path
 
-    path = folder() / f"run-{name}-seed{seed}" / f"score-{HELD_OUT}.json"
+    path = run_folder(name, seed) / f"score-{HELD_OUT}.json"
     if path.exists():
         return json.loads(path.read_text())
     score = score_run(name, seed)

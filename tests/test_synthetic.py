@@ -17,16 +17,49 @@ def rng(*key):
     return np.random.default_rng(list(key))
 
 
-@pytest.mark.parametrize("randomisation", [DEFAULT, SHIFTED], ids=["default", "shifted"])
+WIDENED = replace(DEFAULT, contrast_rules="widened")
+
+
+@pytest.mark.parametrize(
+    "randomisation", [DEFAULT, SHIFTED, WIDENED], ids=["default", "shifted", "widened"]
+)
 def test_drawn_contrasts_keep_every_ordering_and_vary(randomisation):
     draws = [synthetic.draw_contrast(rng(0, i), randomisation) for i in range(200)]
-    assert all(synthetic.orderings_hold(c) for c in draws)
-    spread = np.std(draws, axis=0) / synthetic.CONTRAST
+    assert all(synthetic.orderings_hold(c, randomisation.contrast_rules) for c in draws)
+    reference = synthetic.CONTRAST_RULES[randomisation.contrast_rules].reference
+    spread = np.std(draws, axis=0) / reference
     assert (spread > 0.05).all(), "every tissue's intensity varies in every sequence"
     np.testing.assert_array_equal(draws[3], synthetic.draw_contrast(rng(0, 3), randomisation))
     t2 = synthetic.CHANNELS.index("T2")
     white, edema, csf = (TISSUES.index(n) for n in ("white", "edema", "csf"))
     assert all(c[white, t2] <= c[edema, t2] <= c[csf, t2] for c in draws)
+
+
+def test_widened_rules_cover_the_real_tissue_ratios():
+    """The real pair's ratios to white matter (README, "Real tissues vs phantoms") lie inside
+    the widened rules' draws: grey 0.89-1.04 on FLAIR (the textbook's never fall below 1),
+    edema 1.36-1.51 on FLAIR and 0.65-0.75 on T1."""
+    grey, white, edema = (TISSUES.index(n) for n in ("grey", "white", "edema"))
+
+    def ratios(randomisation, tissue, channel):
+        draws = [synthetic.draw_contrast(rng(2, i), randomisation) for i in range(300)]
+        return np.array([c[tissue, channel] / c[white, channel] for c in draws])
+
+    assert ratios(DEFAULT, grey, 0).min() >= 1.0
+    for randomisation in (DEFAULT, WIDENED):
+        assert synthetic.orderings_hold(
+            synthetic.CONTRAST_RULES[randomisation.contrast_rules].reference,
+            randomisation.contrast_rules,
+        )
+    for tissue, channel, (low, high) in (
+        (grey, 0, (0.89, 1.04)),
+        (edema, 0, (1.36, 1.51)),
+        (edema, 1, (0.65, 0.75)),
+    ):
+        low_share, high_share = np.percentile(ratios(WIDENED, tissue, channel), (10, 90))
+        assert low_share < low and high < high_share, (tissue, channel)
+    with pytest.raises(ValueError, match="contrast_rules"):
+        synthetic.Randomisation(contrast_rules="real")
 
 
 def test_shifted_contrasts_lie_outside_the_training_range():
@@ -138,8 +171,16 @@ def test_a_folder_of_other_generator_ranges_is_refused(tmp_path):
         )
     with pytest.raises(InputError, match="of the custom generator, not default"):
         synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False)
-    manifest = tmp_path / "dataset.json"  # as written before the ranges were recorded
+    manifest = tmp_path / "dataset.json"  # as written before the contrast rules were recorded
     values = json.loads(manifest.read_text())
+    del values["randomisation"]["contrast_rules"]
+    manifest.write_text(json.dumps(values))
+    synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=FIXED)
+    manifest.write_text(json.dumps(values))
+    with pytest.raises(InputError, match="other custom generator ranges"):
+        widened = replace(FIXED, contrast_rules="widened")
+        synthetic.write_dataset(tmp_path, cases=0, seed=0, progress=False, generator=widened)
+    # as written before the ranges were recorded
     del values["randomisation"]
     manifest.write_text(json.dumps(values))
     with pytest.raises(InputError, match="other custom generator ranges"):

@@ -115,11 +115,44 @@ ORDERINGS = {
 }
 
 
+# The same rules widened to cover the tissue ratios measured on real scans (README, "Real tissues
+# vs phantoms"): grey matter may be as dark as white matter on FLAIR, edema is less bright on
+# FLAIR and about as dark as grey matter on T1. Randomisation draws around these as around CONTRAST.
+WIDENED_CONTRAST = CONTRAST.copy()
+WIDENED_CONTRAST[TISSUES.index("grey"), 0] = 0.55  # FLAIR: 1.1x white (not 1.24x)
+WIDENED_CONTRAST[TISSUES.index("edema"), 0] = 0.80  # FLAIR: 1.6x white (not 1.96x)
+WIDENED_CONTRAST[TISSUES.index("edema"), 1] = 0.56  # T1: 0.7x white (not 0.56x), as grey
+WIDENED_ORDERINGS = ORDERINGS | {
+    "FLAIR": (
+        ("csf", "white", "edema"),
+        ("csf", "grey", "edema"),
+        *ORDERINGS["FLAIR"][1:],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ContrastRules:
+    """What every drawn contrast follows: the reference intensity of each tissue per sequence
+    ``(len(TISSUES), 4)`` (FLAIR, T1, T1gd, T2) and, per sequence, chains of tissue names whose
+    intensities ascend."""
+
+    reference: np.ndarray
+    orderings: dict[str, tuple[tuple[str, ...], ...]]
+
+
+CONTRAST_RULES = {
+    "textbook": ContrastRules(CONTRAST, ORDERINGS),
+    "widened": ContrastRules(WIDENED_CONTRAST, WIDENED_ORDERINGS),
+}
+
+
 @dataclass(frozen=True)
 class Randomisation:
     """The ranges the generator draws from. ``(low, high)`` pairs are uniform unless said;
     a "two-sided log" range gives a factor ``exp(s * u)``, ``u`` uniform in it, ``s`` = +-1."""
 
+    contrast_rules: str = "textbook"  # the reference and orderings (CONTRAST_RULES)
     contrast: tuple[float, float] = (0.0, 0.35)  # per tissue and sequence, two-sided log
     gamma: tuple[float, float] = (0.0, 0.35)  # exponent per sequence, two-sided log
     bias: tuple[float, float] = (0.0, 0.3)  # std of the log of the smooth bias field
@@ -140,6 +173,11 @@ class Randomisation:
     vessels: tuple[float, float] = (0.0, 0.6)  # share of sulcal CSF bright on T1gd (distractor)
     deformation: tuple[float, float] = (1.0, 5.0)  # smooth warp of the anatomy, mm
     scale: tuple[float, float] = (100.0, 5000.0)  # per-sequence intensity scale, log-uniform
+
+    def __post_init__(self):
+        if self.contrast_rules not in CONTRAST_RULES:
+            known = list(CONTRAST_RULES)
+            raise ValueError(f"unknown contrast_rules {self.contrast_rules!r}; choose from {known}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -227,16 +265,17 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 
 
 def draw_contrast(rng: np.random.Generator, randomisation: Randomisation = DEFAULT) -> np.ndarray:
-    """Tissue intensities ``(len(TISSUES), 4)`` float32: the reference times a random factor per
-    tissue and sequence, then reordered within each chain of :data:`ORDERINGS` so every
-    ordering holds."""
-    contrast = CONTRAST * _two_sided(rng, randomisation.contrast, CONTRAST.shape)
+    """Tissue intensities ``(len(TISSUES), 4)`` float32: the reference of the randomisation's
+    :data:`CONTRAST_RULES` times a random factor per tissue and sequence, then reordered within
+    each chain of its orderings so every ordering holds."""
+    rules = CONTRAST_RULES[randomisation.contrast_rules]
+    contrast = rules.reference * _two_sided(rng, randomisation.contrast, rules.reference.shape)
     index = {name: i for i, name in enumerate(TISSUES)}
     for channel, sequence in enumerate(CHANNELS):
         column = contrast[:, channel]
         for _ in range(len(TISSUES)):  # sorting each chain in turn settles a consistent order
             settled = True
-            for chain in ORDERINGS[sequence]:
+            for chain in rules.orderings[sequence]:
                 rows = [index[name] for name in chain]
                 values = np.sort(column[rows])
                 if not np.array_equal(values, column[rows]):
@@ -246,13 +285,14 @@ def draw_contrast(rng: np.random.Generator, randomisation: Randomisation = DEFAU
     return contrast.astype(np.float32)
 
 
-def orderings_hold(contrast: np.ndarray) -> bool:
-    """True when ``contrast`` ``(len(TISSUES), 4)`` keeps every ordering of :data:`ORDERINGS`."""
+def orderings_hold(contrast: np.ndarray, rules: str = "textbook") -> bool:
+    """True when ``contrast`` ``(len(TISSUES), 4)`` keeps every ordering of the named
+    :data:`CONTRAST_RULES`."""
     index = {name: i for i, name in enumerate(TISSUES)}
     return all(
         np.all(np.diff(contrast[[index[n] for n in chain], channel]) >= 0)
         for channel, sequence in enumerate(CHANNELS)
-        for chain in ORDERINGS[sequence]
+        for chain in CONTRAST_RULES[rules].orderings[sequence]
     )
 
 
@@ -635,7 +675,8 @@ def _synthesize(
     ]
     contrast = draw_contrast(rng, randomisation)
     # The template's own T1 texture (deep nuclei, cortex detail) beyond the tissue mix's.
-    t1_mix = sum(f * c for f, c in zip(fractions[:3], CONTRAST[:3, 1]))
+    reference = CONTRAST_RULES[randomisation.contrast_rules].reference
+    t1_mix = sum(f * c for f, c in zip(fractions[:3], reference[:3, 1]))
     detail = (on_support(tissue["t1"]) - t1_mix) * normal_s
     detail_weight = (0.4, 1.0, 0.9, -0.4)
     texture = 1 + (
@@ -842,7 +883,10 @@ def _check_same_dataset(out: Path, seed: int, generator: str, randomisation: Ran
                 f"holds a dataset of the {previous[1]} generator, not "
                 f"{generator}: choose another --out folder",
             )
-        if previous[2] != _ranges(randomisation):  # None: written before ranges were recorded
+        recorded = previous[2]
+        if isinstance(recorded, dict):  # written before rule sets were recorded: the textbook's
+            recorded = {"contrast_rules": "textbook"} | recorded
+        if recorded != _ranges(randomisation):  # None: written before ranges were recorded
             raise InputError(
                 manifest,
                 f"holds a dataset of other {generator} generator ranges "
