@@ -2,7 +2,8 @@
 it (32 cases, the same time limit) on variants of the generator's ranges, the patch
 augmentation, the number of cases, the training time and the network's width, and on each
 training lever of issue 17 (bf16, region outputs, Dice + CE, deep supervision, core-centred
-patches, instance normalisation, SGD + poly, XLA, threads), each from ``SEEDS`` training seeds
+patches, instance normalisation, SGD + poly, XLA, threads) and on the generator's contrast
+rules (``widened``), each from ``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
 on held-out phantoms of its own generator and of the shifted one
 (:func:`benchmarks.bench_transfer.dice_on`, no TTA, the default threshold 0.5: no calibration)
