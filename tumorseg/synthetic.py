@@ -285,14 +285,15 @@ def draw_contrast(rng: np.random.Generator, randomisation: Randomisation = DEFAU
     return contrast.astype(np.float32)
 
 
-def orderings_hold(contrast: np.ndarray, rules: str = "textbook") -> bool:
-    """True when ``contrast`` ``(len(TISSUES), 4)`` keeps every ordering of the named
+def orderings_hold(contrast: np.ndarray, randomisation: Randomisation = DEFAULT) -> bool:
+    """True when ``contrast`` ``(len(TISSUES), 4)`` keeps every ordering of the randomisation's
     :data:`CONTRAST_RULES`."""
+    orderings = CONTRAST_RULES[randomisation.contrast_rules].orderings
     index = {name: i for i, name in enumerate(TISSUES)}
     return all(
         np.all(np.diff(contrast[[index[n] for n in chain], channel]) >= 0)
         for channel, sequence in enumerate(CHANNELS)
-        for chain in CONTRAST_RULES[rules].orderings[sequence]
+        for chain in orderings[sequence]
     )
 
 
