@@ -92,6 +92,13 @@ VARIANTS = {
     ),
     # The training levers of issue 17, each alone on the defaults.
     "bf16": Variant("lever: mixed-bfloat16 training", model={"precision": "bf16"}),
+    # bf16 steps 1.6x faster: its gain is more epochs in the same minutes.
+    "bf16_time": Variant(
+        "time: mixed-bfloat16 training, 1.5x the epochs and patience in the same minutes",
+        model={"precision": "bf16"},
+        train={"early_stopping_patience": 12},
+        epochs=1.5,
+    ),
     "regions": Variant(
         "lever: region outputs WT/TC/ET (nested sigmoids)", model={"output": "regions"}
     ),
