@@ -263,22 +263,27 @@ def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
     run.mkdir()
     model.save(run / "model.keras")
     config = ModelConfig(patch_shape=(16, 16, 8), n_base_filters=2, depth=3, normalization="batch")
-    (run / "config.json").write_text(
-        json.dumps(
-            {
-                "data": "x",
-                "preset": "cpu",
-                "model": config.to_dict(),
-                "epochs": 1,
-                "steps_per_epoch": 1,
-                "batch_size": 1,
-                "learning_rate": 0.1,
-                "augmentation": Augmentation().to_dict(),
-            }
-        )
-    )
+    settings = {
+        "data": "x",
+        "preset": "cpu",
+        "model": config.to_dict(),
+        "epochs": 1,
+        "steps_per_epoch": 1,
+        "batch_size": 1,
+        "learning_rate": 0.1,
+        "augmentation": Augmentation().to_dict(),
+    }
+    (run / "config.json").write_text(json.dumps(settings))
     predictor = Predictor.from_run(run)
     assert predictor.note and "not calibrated" in predictor.note and predictor.threshold == 0.5
+    # A run that does not calibrate uses the default threshold, and that needs no note.
+    (run / "config.json").write_text(json.dumps(settings | {"calibrate": False}))
+    predictor = Predictor.from_run(run)
+    assert (predictor.note, predictor.threshold, predictor.threshold_source) == (
+        None,
+        0.5,
+        "default",
+    )
     (run / "state.json").write_text(json.dumps({"epoch": 1, "threshold": 0.3}))
     predictor = Predictor.from_run(run)
     assert (predictor.config, predictor.patch_shape, predictor.threshold) == (

@@ -461,6 +461,18 @@ def test_resume_redoes_a_killed_calibration(trained_run, tmp_path):
     }
 
 
+def test_a_run_that_does_not_calibrate_keeps_no_threshold(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    config = tiny_config(data, tmp_path, epochs=1, calibrate=False)
+    result = tumorseg("train", "--config", config, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = tumorseg("train", "--out", tmp_path / "run", "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "calibrating" not in result.stdout + again.stdout
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["ended"] == "finished" and "threshold" not in state
+
+
 def test_resume_with_epochs_extends_the_run(trained_run, tmp_path):
     run = copy_run(trained_run[0], tmp_path)
     result = tumorseg("train", "--out", run, "--resume", "--epochs", 4)
@@ -958,6 +970,7 @@ def test_every_ablation_variant_is_a_valid_run_that_changes_one_thing(tmp_path):
     assert default == replace(
         TrainConfig.from_preset(tmp_path, "cpu", seed=1),
         time_limit_minutes=default.time_limit_minutes,
+        calibrate=False,
     )
     levers = [name for name, variant in VARIANTS.items() if variant.what.startswith("lever")]
     assert len(levers) == 9

@@ -347,11 +347,12 @@ class Predictor:
         model = main_output(load_model(model_file))  # a checkpoint's deep supervision: dropped
         run = model_file.parent
         if is_run(run):
-            config = read_config(run).model
+            run_config = read_config(run)
+            config = run_config.model
             threshold = (read_state(run) or {}).get("threshold")
             note = (
                 None
-                if threshold is not None
+                if threshold is not None or not run_config.calibrate
                 else (
                     f"{run}: the run's threshold is not calibrated yet (tumorseg train --out {run} "
                     f"--resume calibrates it); using {DEFAULT_THRESHOLD}"

@@ -76,6 +76,7 @@ class TrainConfig:
     jit_compile: bool = False  # XLA-compile the training step
     inter_op_threads: int = 0  # TensorFlow's thread pools; 0: TensorFlow's choice
     intra_op_threads: int = 0
+    calibrate: bool = True  # calibrate the label-map threshold after training (else 0.5)
     tta: bool = True  # calibration predicts with test-time flips, as make run's prediction does
     train_cases: list[str] = field(default_factory=list)
     valid_cases: list[str] = field(default_factory=list)
@@ -171,6 +172,7 @@ class TrainConfig:
         if self.time_limit_minutes is not None:
             _check_number(self, "time_limit_minutes", 0, low_open=True)
         _check_choice(self, "strategy", STRATEGIES)
+        _check_bool(self, "calibrate")
         _check_bool(self, "tta")
         for key in ("train_cases", "valid_cases"):
             value = getattr(self, key)

@@ -461,7 +461,8 @@ def new_run(config: TrainConfig, out: Path) -> TrainConfig:
 
 
 def train(config: TrainConfig, out: str | os.PathLike, strategy=None, verbose: int = 1) -> dict:
-    """Train a new run into folder ``out``, then calibrate its threshold; returns its state
+    """Train a new run into folder ``out``, then calibrate its threshold (unless
+    ``config.calibrate`` is off); returns its state
     (``state.json``: epochs, history, why it ended, threshold).
 
     Under multi-worker training every worker calls this with the same ``out``: the chief
@@ -539,7 +540,8 @@ def schedule_change(config: TrainConfig, old_epochs: int, done: int) -> str:
 
 
 def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verbose: int) -> dict:
-    """Train the epochs the run still needs, then calibrate if that is not done (the chief)."""
+    """Train the epochs the run still needs, then calibrate if the run calibrates and that is
+    not done (the chief)."""
     say = print if verbose else (lambda *args, **kwargs: None)
     chief = is_chief(strategy)
     done = state["epoch"] if state else 0
@@ -567,7 +569,7 @@ def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verb
             f"{out}: {state['ended']} after {state['epoch']} epochs; best validation Dice "
             f"{state['best_val_dice']:.4f}"
         )
-    if chief and "threshold" not in state:
+    if chief and config.calibrate and "threshold" not in state:
         say(
             f"{out}: calibrating the label-map threshold on {len(config.valid_cases)} "
             f"validation scans ({'with' if config.tta else 'without'} test-time flips)"
