@@ -397,6 +397,48 @@ def test_time_limit_stops_between_epochs(tmp_path):
     assert json.loads((tmp_path / "run" / "state.json").read_text())["ended"] == "time limit"
 
 
+def test_fitted_epochs_shrink_the_schedule_to_what_the_time_limit_holds():
+    from dataclasses import replace
+
+    from tumorseg.train import fitted_epochs
+
+    config = TrainConfig.from_preset(
+        "data", "cpu", epochs=28, time_limit_minutes=15, fit_to_time_limit=True
+    )
+    assert fitted_epochs(config, 2, 40.0, 100.0) == 2 + 20  # (900 s - 100 s) // 40 s
+    assert fitted_epochs(config, 2, 20.0, 100.0) == 28  # never grown
+    assert fitted_epochs(config, 2, 0.0, 100.0) == 28  # the pace is not known yet
+    assert fitted_epochs(config, 20, 40.0, 890.0) == 28  # no epoch fits: the limit ends the run
+    assert fitted_epochs(replace(config, fit_to_time_limit=False), 2, 40.0, 100.0) == 28
+    assert fitted_epochs(replace(config, time_limit_minutes=None), 2, 40.0, 100.0) == 28
+
+
+def test_a_run_fitted_to_its_time_limit_ends_its_schedule_in_time(tmp_path):
+    """500 epochs do not fit 20 seconds: the schedule shrinks to what they hold, config.json
+    keeps it, and the run ends with its schedule (the last epoch at the final learning rate)
+    rather than by the limit."""
+    from tumorseg.train import train
+
+    data = make_dataset(tmp_path / "data")
+    config = TrainConfig.load(
+        tiny_config(
+            data,
+            tmp_path,
+            epochs=500,
+            steps_per_epoch=2,
+            time_limit_minutes=1 / 3,
+            fit_to_time_limit=True,
+            early_stopping_patience=1000,
+            calibrate=False,
+        )
+    )
+    state = train(config, tmp_path / "run", verbose=0)
+    saved = TrainConfig.load(tmp_path / "run" / "config.json")
+    assert state["ended"] == "finished" and state["epoch"] == saved.epochs < 500
+    final = config.learning_rate * config.final_learning_rate_fraction
+    assert state["history"][-1]["learning_rate"] == pytest.approx(final, rel=1e-3)
+
+
 # ----------------------------------------------------------------------------- resume
 
 

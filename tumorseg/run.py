@@ -67,6 +67,9 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     early_stopping_patience: int = 8
     time_limit_minutes: float | None = None  # no epoch starts that would end past this
+    # Under a time limit, shrink ``epochs`` to what the limit holds (at the latest epoch's pace),
+    # so the learning-rate schedule ends when the minutes do.
+    fit_to_time_limit: bool = False
     strategy: str = "default"
     seed: int = 0
     loss: str = "dice"  # or "dice_ce" (LOSSES)
@@ -173,6 +176,7 @@ class TrainConfig:
             _check_number(self, "time_limit_minutes", 0, low_open=True)
         _check_choice(self, "strategy", STRATEGIES)
         _check_bool(self, "calibrate")
+        _check_bool(self, "fit_to_time_limit")
         _check_bool(self, "tta")
         for key in ("train_cases", "valid_cases"):
             value = getattr(self, key)

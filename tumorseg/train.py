@@ -150,9 +150,17 @@ class TrainingClock:
     def __init__(self, seconds_before: float = 0.0):
         self.started = time.monotonic() - seconds_before
         self.epoch_started = time.monotonic()
+        self.epoch_starts: list[float] = []  # of this process
 
     def start_epoch(self) -> None:
         self.epoch_started = time.monotonic()
+        self.epoch_starts.append(self.epoch_started)
+
+    def pace(self) -> float:
+        """Mean seconds of this process's complete epochs after its first (whose tracing would
+        count), checkpoints included; 0 before there is one."""
+        later = self.epoch_starts[1:]
+        return (later[-1] - later[0]) / (len(later) - 1) if len(later) >= 2 else 0.0
 
     def seconds(self) -> float:
         return time.monotonic() - self.started
@@ -162,6 +170,20 @@ class TrainingClock:
         if not limit_minutes:
             return False
         return self.seconds() + (time.monotonic() - self.epoch_started) > limit_minutes * 60
+
+
+def fitted_epochs(
+    config: TrainConfig, epochs_done: int, epoch_seconds: float, seconds: float
+) -> int:
+    """The run's epochs after ``epochs_done``, ``seconds`` into training at ``epoch_seconds`` an
+    epoch (0: not known yet): with ``config.fit_to_time_limit``, shrunk (never grown) to what
+    the time limit holds, so the schedule ends with the minutes; unchanged when no further
+    epoch fits (the limit ends the run)."""
+    limit = config.time_limit_minutes
+    if not (config.fit_to_time_limit and limit) or epoch_seconds <= 0:
+        return config.epochs
+    more = int((limit * 60 - seconds) // epoch_seconds)
+    return min(config.epochs, epochs_done + more) if more >= 1 else config.epochs
 
 
 def stop_reason(
@@ -181,9 +203,9 @@ REASONS = (None, FINISHED, EARLY_STOP, OUT_OF_TIME)
 
 
 def make_broadcast(strategy):
-    """``broadcast(reason) -> reason``: the chief's (replica 0's) reason on every worker, through
-    the strategy's collective (a sum to which every other replica adds 0), so all workers stop
-    after the same epoch whatever their own clocks say."""
+    """``broadcast(number) -> number``: the chief's (replica 0's) integer on every worker, through
+    the strategy's collective (a sum to which every other replica adds 0), so all workers keep
+    the same schedule and stop after the same epoch whatever their own clocks say."""
     import tensorflow as tf
 
     def replica_value(code):
@@ -195,8 +217,8 @@ def make_broadcast(strategy):
         values = strategy.run(replica_value, args=(code,))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
 
-    def broadcast(reason: str | None) -> str | None:
-        return REASONS[int(collective(tf.constant(REASONS.index(reason), tf.int32)))]
+    def broadcast(number: int) -> int:
+        return int(collective(tf.constant(number, tf.int32)))
 
     return broadcast
 
@@ -698,7 +720,8 @@ def _fit(
         logs["learning_rate"] = float(np.asarray(model.optimizer.learning_rate))
         callbacks.on_epoch_end(epoch, logs)
         improved = early.update(logs["val_dice"])
-        ended = broadcast(stop_reason(config, epoch + 1, early, clock))
+        fit_schedule(config, folder, epoch + 1, clock, broadcast, verbose)
+        ended = REASONS[broadcast(REASONS.index(stop_reason(config, epoch + 1, early, clock)))]
         state |= early.state() | {
             "epoch": epoch + 1,
             "checkpoint": checkpoint_name(epoch + 1),
@@ -711,3 +734,22 @@ def _fit(
             break
     callbacks.on_train_end()
     return state
+
+
+def fit_schedule(
+    config: TrainConfig, folder: Path, epochs_done: int, clock: TrainingClock, broadcast, verbose
+) -> None:
+    """Shrink ``config.epochs`` to what the time limit holds (:func:`fitted_epochs`, the chief's
+    figure on every worker) and save it in the run's config.json, so a resumed run keeps the
+    schedule."""
+    epoch_seconds = clock.pace()
+    epochs = broadcast(fitted_epochs(config, epochs_done, epoch_seconds, clock.seconds()))
+    if epochs == config.epochs:
+        return
+    old_epochs, config.epochs = config.epochs, epochs
+    config.save(folder / CONFIG_FILE)
+    if verbose:
+        print(
+            f"\n{folder}: {config.time_limit_minutes} minutes hold {epochs} epochs at "
+            f"{epoch_seconds:.0f} s an epoch; {schedule_change(config, old_epochs, epochs_done)}"
+        )
