@@ -135,9 +135,10 @@ VARIANTS = {
     ),
     # In bf16 12 base filters stepped as fast as 8 (1.09 steps/s both): is 16 as cheap?
     "bf16_widest": Variant(
-        "schedule: mixed-bfloat16, 16 base filters (not 8), fitted to the minutes, no early stop",
+        "schedule: mixed-bfloat16, 16 base filters, 1.5x the epochs fitted to the minutes",
         model={"precision": "bf16", "n_base_filters": 16},
         train={"fit_to_time_limit": True, "early_stopping_patience": 100},
+        epochs=1.5,
     ),
     "regions": Variant(
         "lever: region outputs WT/TC/ET (nested sigmoids)", model={"output": "regions"}
