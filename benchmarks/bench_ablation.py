@@ -119,8 +119,8 @@ VARIANTS = {
         train={"fit_to_time_limit": True, "early_stopping_patience": 100},
         epochs=1.5,
     ),
-    # bf16's speed spent on width instead: the training Dice levels off at 0.45-0.48 from
-    # epoch 17 of 33-37 while the learning rate is still high (capacity, not steps?).
+    # bf16's speed spent on width instead: bf16_fitted's training Dice levels off (at most
+    # 0.48) from epoch 17 of 33-37, the learning rate still about half its start.
     "bf16_wider": Variant(
         "schedule: mixed-bfloat16, 12 base filters (not 8), fitted to the minutes, no early stop",
         model={"precision": "bf16", "n_base_filters": 12},
