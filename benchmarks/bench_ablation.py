@@ -4,8 +4,9 @@ augmentation, the number of cases, the training time and the network's width, an
 training lever of issue 17 (bf16, region outputs, Dice + CE, deep supervision, core-centred
 patches, instance normalisation, SGD + poly, XLA, threads), on the schedule fitted to the
 minutes with bf16's speed spent on epochs or width (``fitted``, ``bf16_fitted``,
-``bf16_wider``, ``bf16_wider_longer``, ``bf16_widest``) and on the generator's contrast
-rules (``widened``), each from ``SEEDS`` training seeds
+``bf16_wider``, ``bf16_wider_longer``, ``bf16_widest``), on the scans seen at 2 mm
+(``coarse``, ``bf16_wider_longer_coarse``) and on the generator's contrast rules
+(``widened``), each from ``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
 on held-out phantoms of its own generator and of the shifted one
 (:func:`benchmarks.bench_transfer.dice_on`, no TTA, the default threshold 0.5: no calibration)
@@ -139,6 +140,18 @@ VARIANTS = {
     "bf16_widest": Variant(
         "schedule: mixed-bfloat16, 16 base filters, 1.5x the epochs fitted to the minutes",
         model={"precision": "bf16", "n_base_filters": 16},
+        train=FITTED,
+        epochs=1.5,
+    ),
+    # The network sees each 1 mm scan at 2 mm (ModelConfig.downsample): a 64x64x32 patch then
+    # covers 128x128x64 mm, a whole tumour and its surroundings, at the same cost per step.
+    "coarse": Variant(
+        "resolution: scans at 2 mm (2x2x2 block means), probabilities interpolated back",
+        model={"downsample": 2},
+    ),
+    "bf16_wider_longer_coarse": Variant(
+        "resolution: bf16_wider_longer on scans at 2 mm",
+        model={"precision": "bf16", "n_base_filters": 12, "downsample": 2},
         train=FITTED,
         epochs=1.5,
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -22,6 +23,7 @@ from tumorseg.inference import (
 )
 from tumorseg.model import ModelConfig, build_model, unet_model_3d
 from tumorseg.patches import Augmentation, standardize
+from tumorseg.resample import downsample_image, upsample_probabilities
 
 GOLDEN = Path(__file__).parent / "data" / "golden_label_map.npz"
 
@@ -295,6 +297,15 @@ def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
     probabilities = predict_volume(model, image)
     np.testing.assert_allclose(predictor.predict(image), probabilities, atol=1e-6)
     np.testing.assert_array_equal(predictor.segment(image), to_label_map(probabilities, 0.3))
+    # A network that sees scans downsampled predicts the coarse scan, brought back to the grid.
+    coarse = replace(config, downsample=2)
+    (run / "config.json").write_text(json.dumps(settings | {"model": coarse.to_dict()}))
+    predictor = Predictor.from_run(run)
+    expected = upsample_probabilities(
+        predict_volume(model, downsample_image(image, 2)), image.shape, 2
+    )
+    assert predictor.predict(image).shape == image.shape[:3] + (3,)
+    np.testing.assert_allclose(predictor.predict(image), expected, atol=1e-6)
 
 
 if __name__ == "__main__":

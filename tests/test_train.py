@@ -755,6 +755,10 @@ BAD_FILES = {
     "bad optimizer": (lambda v: v.update(optimizer="rmsprop"), "optimizer: must be one of"),
     "bad schedule": (lambda v: v.update(schedule="step"), "schedule: must be one of"),
     "bad output": (lambda v: v["model"].update(output="labels"), "model.output: must be one"),
+    "zero downsample": (
+        lambda v: v["model"].update(downsample=0),
+        "model.downsample: must be at least 1",
+    ),
     "shares over 1": (
         lambda v: v.update(core_share=0.5),
         "core_share: tumour_share + core_share must be at most 1",
@@ -952,9 +956,9 @@ def test_jit_compile_and_threads_reach_tensorflow(tmp_path, monkeypatch):
 
 def test_a_run_with_every_lever_trains_resumes_and_predicts(tmp_path):
     """bf16 training, instance normalisation, region outputs, Dice + CE, deep supervision,
-    core-centred patches, SGD with poly decay and XLA in one tiny run: config.json records
-    them, the checkpoint keeps the auxiliary output (resume), model.keras has one output, and
-    prediction uses the regions' label-map rule."""
+    core-centred patches, SGD with poly decay, XLA and downsampled scans in one tiny run:
+    config.json records them, the checkpoint keeps the auxiliary output (resume), model.keras
+    has one output, and prediction uses the regions' label-map rule."""
     from dataclasses import replace
 
     from tumorseg.data import find_cases, load_case
@@ -975,10 +979,18 @@ def test_a_run_with_every_lever_trains_resumes_and_predicts(tmp_path):
         schedule="poly",
         learning_rate=0.01,
         jit_compile=True,
-        model=replace(TINY, normalization="instance", precision="bf16", output="regions"),
+        model=replace(
+            TINY, normalization="instance", precision="bf16", output="regions", downsample=2
+        ),
     )
     run = tmp_path / "run"
     train(config, run, verbose=0)
+    # Trained on the scans at half their voxels per axis (40x36x20 -> 20x18x10, cropped).
+    cached = [np.load(path).shape for path in (run / "cache").glob("*.label.npy")]
+    assert cached and all(
+        np.all((16, 16, 8) <= np.array(shape)) and np.all(np.array(shape) <= (20, 18, 10))
+        for shape in cached
+    ), cached
     assert read_config(run) == replace(
         config,
         train_cases=read_config(run).train_cases,

@@ -26,6 +26,7 @@ import numpy as np
 from .data import clip_intensities
 from .patches import brain_box, standardize
 from .presets import DEFAULT_THRESHOLD, KERAS_POLICIES, PRECISIONS, SEED_PATCH_SHAPE, ModelConfig
+from .resample import downsample_image, upsample_probabilities
 from .run import CONFIG_FILE, MODEL_FILE, is_run, read_config, read_state, write_state
 
 STRETCH = 1.25  # a window may grow this much to cover an axis in one piece (free-size models)
@@ -389,10 +390,19 @@ class Predictor:
         progress: bool = False,
     ) -> np.ndarray:
         """``(X, Y, Z, 4)`` scan -> float32 ``(X, Y, Z, 3)`` probabilities; options as in
-        :func:`predict_volume`."""
-        return _slide(
-            self.net(precision), self.patch_shape, image, overlap, tta, batch_size, progress
+        :func:`predict_volume`. A network that sees scans downsampled
+        (``ModelConfig.downsample``) predicts the downsampled scan, brought back to its grid."""
+        factor = self.config.downsample if self.config is not None else 1
+        coarse = _slide(
+            self.net(precision),
+            self.patch_shape,
+            downsample_image(image, factor),
+            overlap,
+            tta,
+            batch_size,
+            progress,
         )
+        return upsample_probabilities(coarse, image.shape, factor)
 
     def net(self, precision: str = "float32"):
         """The network that predicts: a U-Net's free-size twin in ``precision`` (made once),

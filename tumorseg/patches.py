@@ -380,12 +380,16 @@ class CachedCase:
         return np.array(self.image[box]), np.array(self.label[box])
 
 
-def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -> CachedCase:
-    """Load ``case`` once, crop it to its brain, clip its intensities
+def cache_case(
+    case, cache_dir: str | Path, patch_shape: tuple[int, int, int], downsample: int = 1
+) -> CachedCase:
+    """Load ``case`` once, downsample it by ``downsample`` per axis (:mod:`tumorseg.resample`:
+    block means of the image, the most common label), crop it to its brain, clip its intensities
     (:func:`tumorseg.data.clip_intensities`), save it as .npy under ``cache_dir`` (atomically)
     and return its :class:`CachedCase`. A complete cache is reused."""
     from .atomic import atomic_path
     from .data import clip_intensities, load_case
+    from .resample import downsample_image, downsample_label
 
     cached = CachedCase(case.id, Path(cache_dir), (0, 0, 0), 0)
     paths = {part: cached.path(part) for part in ("image", "label", "tumour")}
@@ -395,6 +399,8 @@ def cache_case(case, cache_dir: str | Path, patch_shape: tuple[int, int, int]) -
             from .errors import InputError
 
             raise InputError(case.reference, "training needs a label for every case")
+        image = downsample_image(image, downsample)
+        label = downsample_label(label, downsample)
         box = brain_box(image, patch_shape)
         image = clip_intensities(image[box])
         arrays = {"image": pad_to(image, patch_shape), "label": pad_to(label[box], patch_shape)}

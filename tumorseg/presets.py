@@ -38,6 +38,9 @@ class ModelConfig:
     deconvolution: bool = False
     precision: str = "float32"  # or "bf16" (PRECISIONS): mixed bfloat16, training included
     output: str = "classes"  # or "regions" (OUTPUTS)
+    # The network sees scans at 1 / downsample of their voxels per axis (block means; its
+    # probabilities interpolated back): tumorseg.resample.
+    downsample: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -290,7 +290,7 @@ def _check_choice(owner, key: str, choices, prefix: str = "") -> None:
 
 def _check_model(model: ModelConfig, precisions) -> None:
     """A network the U-Net builder can make: its patch pools ``depth - 1`` times."""
-    for key, low in (("depth", 1), ("n_base_filters", 1)):
+    for key, low in (("depth", 1), ("n_base_filters", 1), ("downsample", 1)):
         _check_integer(model, key, low, "model.")
     _check_choice(model, "n_channels", (4,), "model.")
     _check_choice(model, "n_labels", (3,), "model.")

@@ -637,8 +637,9 @@ def _fit(
     keras.utils.set_random_seed(config.seed + initial_epoch)
     patch = config.model.patch_shape
     cache = folder / CACHE_DIR
-    train_cases = [cache_case(by_id[i], cache, patch) for i in config.train_cases]
-    valid_cases = [cache_case(by_id[i], cache, patch) for i in config.valid_cases]
+    factor = config.model.downsample
+    train_cases = [cache_case(by_id[i], cache, patch, factor) for i in config.train_cases]
+    valid_cases = [cache_case(by_id[i], cache, patch, factor) for i in config.valid_cases]
     sampler = PatchSampler(
         train_cases,
         patch,
