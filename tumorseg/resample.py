@@ -14,11 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def coarse_shape(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
-    """The ``(x, y, z)`` a grid of ``shape`` (its first three axes) becomes at ``factor``."""
-    return tuple(-(-int(size) // factor) for size in shape[:3])
-
-
 def _blocks(array: np.ndarray, factor: int) -> np.ndarray:
     """``(X, Y, Z, ...)`` edge-padded to multiples of ``factor`` ->
     ``(X / f, Y / f, Z / f, f**3, ...)``: each coarse voxel's block."""
