@@ -304,8 +304,9 @@ def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
     expected = upsample_probabilities(
         predict_volume(model, downsample_image(image, 2)), image.shape, 2
     )
-    assert predictor.predict(image).shape == image.shape[:3] + (3,)
-    np.testing.assert_allclose(predictor.predict(image), expected, atol=1e-6)
+    probabilities = predictor.predict(image)
+    assert probabilities.shape == image.shape[:3] + (3,)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
 
 
 if __name__ == "__main__":
