@@ -5,8 +5,8 @@ training lever of issue 17 (bf16, region outputs, Dice + CE, deep supervision, c
 patches, instance normalisation, SGD + poly, XLA, threads), on the schedule fitted to the
 minutes with bf16's speed spent on epochs or width (``fitted``, ``bf16_fitted``,
 ``bf16_wider``, ``bf16_wider_longer``, ``bf16_widest``), on the scans seen at 2 mm
-(``coarse``, ``bf16_wider_longer_coarse``) and on the generator's contrast rules
-(``widened``), each from ``SEEDS`` training seeds
+(``coarse``, ``bf16_wider_longer_coarse``, ``coarse_dice_ce_core``) and on the generator's
+contrast rules (``widened``), each from ``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
 on held-out phantoms of its own generator and of the shifted one
 (:func:`benchmarks.bench_transfer.dice_on`, no TTA, the default threshold 0.5: no calibration)
@@ -154,6 +154,11 @@ VARIANTS = {
         model={"precision": "bf16", "n_base_filters": 12, "downsample": 2},
         train=FITTED,
         epochs=1.5,
+    ),
+    "coarse_dice_ce_core": Variant(
+        "resolution: dice_ce_core (Dice + CE, 0.3 of patches on the core) on scans at 2 mm",
+        model={"downsample": 2},
+        train={"loss": "dice_ce", "tumour_share": 0.3, "core_share": 0.3},
     ),
     "regions": Variant(
         "lever: region outputs WT/TC/ET (nested sigmoids)", model={"output": "regions"}
