@@ -5,8 +5,9 @@ training lever of issue 17 (bf16, region outputs, Dice + CE, deep supervision, c
 patches, instance normalisation, SGD + poly, XLA, threads), on the schedule fitted to the
 minutes with bf16's speed spent on epochs or width (``fitted``, ``bf16_fitted``,
 ``bf16_wider``, ``bf16_wider_longer``, ``bf16_widest``), on the scans seen at 2 mm
-(``coarse``, ``bf16_wider_longer_coarse``, ``coarse_dice_ce_core``) and on the generator's
-contrast rules (``widened``), each from ``SEEDS`` training seeds
+(``coarse``, the default now, ``fine``, ``bf16_wider_longer_coarse``,
+``coarse_dice_ce_core``) and on the generator's contrast rules (``widened``), each from
+``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
 on held-out phantoms of its own generator and of the shifted one
 (:func:`benchmarks.bench_transfer.dice_on`, no TTA, the default threshold 0.5: no calibration)
@@ -76,7 +77,7 @@ class Variant:
 
 
 VARIANTS = {
-    "default": Variant("radius 8-24 mm, no patch gamma/bias/blur (the defaults now)"),
+    "default": Variant("the defaults now: the seed's recipe, the scans at 2 mm"),
     "before": Variant(
         "radius 3-24 mm, patch gamma/bias/blur 0.3/0.2/0.8 (the defaults before)",
         {"radius": (3.0, 24.0)},
@@ -143,12 +144,14 @@ VARIANTS = {
         train=FITTED,
         epochs=1.5,
     ),
-    # The network sees each 1 mm scan at 2 mm (ModelConfig.downsample): a 64x64x32 patch then
-    # covers 128x128x64 mm, a whole tumour and its surroundings, at the same cost per step.
+    # The network sees each 1 mm scan at 2 mm (ModelConfig.downsample, the default since
+    # 2026-12-07): a 64x64x32 patch covers 128x128x64 mm, a whole tumour and its surroundings,
+    # at the same cost per step. ``fine`` is the seed's own resolution, the default before.
     "coarse": Variant(
         "resolution: scans at 2 mm (2x2x2 block means), probabilities interpolated back",
         model={"downsample": 2},
     ),
+    "fine": Variant("resolution: scans at their own 1 mm (the seed's)", model={"downsample": 1}),
     "bf16_wider_longer_coarse": Variant(
         "resolution: bf16_wider_longer on scans at 2 mm",
         model={"precision": "bf16", "n_base_filters": 12, "downsample": 2},

@@ -14,6 +14,9 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from tumorseg.presets import PRESETS
+from tumorseg.run import read_config
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -181,7 +184,11 @@ def test_05_training(trained):
         in text
     )
     assert "first epoch:" in text and "all 1 epochs: about" in text  # the time warning, measured
+    assert "validation cases at 1/2 of their voxels per axis" in text  # the cpu preset's 2 mm
     assert (run / "model.keras").exists() and (run / "history.csv").exists()
+    # The run's settings, as tumorseg train writes them: what notebook 6 predicts with.
+    config = read_config(run)
+    assert config.model == PRESETS["cpu"] and config.epochs == 1 and not config.calibrate
     assert displayed(notebook, "image/png") >= 1  # the curves
     assert displayed(notebook, "application/vnd.jupyter.widget-view+json") >= 1  # progress bar
     difference = float(re.search(r"largest weight difference after 3 steps: (\S+)", text).group(1))
@@ -196,7 +203,8 @@ def test_06_whole_scan_inference(trained, datasets):
     )
     text = text_of(notebook)
     assert graded_passes(notebook) == 2 and check_expected_outputs(notebook) == 2
-    assert "patches (64, 64, 32), threshold 0.5" in text  # the learner's model from notebook 5
+    # the learner's model from notebook 5, at the cpu preset's resolution
+    assert "patches (64, 64, 32), threshold 0.5, scans at 1/2" in text
     assert "Sensitivity" in text and "seed tiling" in text and "sliding windows" in text
     assert "Dice WT" in text and "HD95 ET" in text
     assert displayed(notebook, "image/png") >= 2  # truth beside prediction: a patch, a whole scan

@@ -376,7 +376,8 @@ class Predictor:
             patch = SEED_PATCH_SHAPE
         note = (
             f"{model_file}: no run folder ({CONFIG_FILE}) beside it; using windows of "
-            f"{'x'.join(map(str, patch))} and threshold {DEFAULT_THRESHOLD}"
+            f"{'x'.join(map(str, patch))} at the scan's own grid (no downsampling) and threshold "
+            f"{DEFAULT_THRESHOLD}"
         )
         return cls(model, model_file, config, patch, DEFAULT_THRESHOLD, "default", note)
 
@@ -392,7 +393,7 @@ class Predictor:
         """``(X, Y, Z, 4)`` scan -> float32 ``(X, Y, Z, 3)`` probabilities; options as in
         :func:`predict_volume`. A network that sees scans downsampled
         (``ModelConfig.downsample``) predicts the downsampled scan, brought back to its grid."""
-        factor = self.config.downsample if self.config is not None else 1
+        factor = self.downsample
         coarse = _slide(
             self.net(precision),
             self.patch_shape,
@@ -426,6 +427,11 @@ class Predictor:
     def output(self) -> str:
         """What the network's sigmoids are: "classes" or "regions" (its label-map rule)."""
         return self.config.output if self.config is not None else "classes"
+
+    @property
+    def downsample(self) -> int:
+        """The factor per axis by which the network sees scans coarser (1: at their own grid)."""
+        return self.config.downsample if self.config is not None else 1
 
     def model_sha256(self) -> str:
         """SHA-256 of the model file, for provenance."""
