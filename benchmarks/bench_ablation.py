@@ -5,7 +5,7 @@ training lever of issue 17 (bf16, region outputs, Dice + CE, deep supervision, c
 patches, instance normalisation, SGD + poly, XLA, threads), on the schedule fitted to the
 minutes with bf16's speed spent on epochs or width (``fitted``, ``bf16_fitted``,
 ``bf16_wider``, ``bf16_wider_longer``, ``bf16_widest``), on the scans seen at 2 mm
-(``coarse``, the default now, ``fine``, ``coarse_longer``, ``bf16_wider_longer_coarse``,
+(``coarse``, ``fine``, ``coarse_longer``, the default now, ``bf16_wider_longer_coarse``,
 ``coarse_dice_ce_core``) and on the generator's contrast rules (``widened``), each from
 ``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tumorseg.presets import TRAINING_PRESETS
+
 from .bench_transfer import HELD_OUT as TRANSFER_HELD_OUT
 from .common import OUT, save
 
@@ -43,19 +45,22 @@ MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
 
 
 def make_run_setting(name: str) -> float:
-    """A setting of `make run` (``TRAIN_MINUTES``, ``CASES``), read from the Makefile."""
+    """A setting of `make run` (``CASES``), read from the Makefile."""
     return float(re.search(rf"^{name} \?= (\S+)$", MAKEFILE.read_text(), re.M)[1])
 
 
-MAKE_RUN_MINUTES = make_run_setting("TRAIN_MINUTES")
+MAKE_RUN_MINUTES = TRAINING_PRESETS["cpu"]["time_limit_minutes"]
 MINUTES = float(os.environ.get("TUMORSEG_ABLATION_MINUTES", MAKE_RUN_MINUTES))
 CASES = int(os.environ.get("TUMORSEG_ABLATION_CASES", make_run_setting("CASES")))
 SEEDS = int(os.environ.get("TUMORSEG_ABLATION_SEEDS", 2))
 HELD_OUT = int(os.environ.get("TUMORSEG_ABLATION_HELD_OUT", TRANSFER_HELD_OUT))
 STRONG = {"gamma": 0.3, "bias": 0.2, "blur": 0.8}  # the patch augmentation before
 NONE = {name: 0.0 for name in STRONG}  # the defaults now
-# The schedule fitted to the minutes, run to its end (no early stop).
-FITTED = {"fit_to_time_limit": True, "early_stopping_patience": 100}
+# The schedule fitted to the minutes, run to its end (no early stop): the defaults now.
+FITTED = {"fit_to_time_limit": True, "early_stopping_patience": 0}
+# The schedule before 2026-12-07: the preset's epochs (then 28, half of today's), cut off by the
+# minutes or ended by early stopping (patience 8).
+UNFITTED = {"fit_to_time_limit": False, "early_stopping_patience": 8}
 REGIONS = ("WT", "TC", "ET")
 
 
@@ -77,7 +82,9 @@ class Variant:
 
 
 VARIANTS = {
-    "default": Variant("the defaults now: the seed's recipe, the scans at 2 mm"),
+    "default": Variant(
+        "the defaults now: the seed's recipe, the scans at 2 mm, the schedule fitted to the minutes"
+    ),
     "before": Variant(
         "radius 3-24 mm, patch gamma/bias/blur 0.3/0.2/0.8 (the defaults before)",
         {"radius": (3.0, 24.0)},
@@ -89,13 +96,7 @@ VARIANTS = {
         augmentation={name: value / 2 for name, value in STRONG.items()},
     ),
     "cases": Variant("the defaults, twice the cases", cases=2),
-    # Early stopping's patience doubles too: with 8 it ended the 56 epochs at 27.
-    "longer": Variant(
-        "the defaults, twice the epochs, minutes and early-stopping patience",
-        train={"early_stopping_patience": 16},
-        epochs=2,
-        minutes=2,
-    ),
+    "longer": Variant("the defaults, twice the epochs and minutes", epochs=2, minutes=2),
     "wider": Variant(
         "the defaults, 12 base filters (not 8), half the epochs in the same minutes",
         model={"n_base_filters": 12},
@@ -113,7 +114,7 @@ VARIANTS = {
     # included), so 15 minutes hold 21-28 epochs, not always the preset's 28. No early stop:
     # the cosine schedule runs to its end.
     "fitted": Variant(
-        "schedule: fitted to the minutes, no early stopping",
+        "schedule: fitted to the minutes, no early stopping (the defaults since 2026-12-07)",
         train=FITTED,
     ),
     # bf16 steps faster: 1.5x the epochs, shrunk to what the minutes hold.
@@ -148,17 +149,19 @@ VARIANTS = {
     # 2026-12-07): a 64x64x32 patch covers 128x128x64 mm, a whole tumour and its surroundings,
     # at the same cost per step. ``fine`` is the seed's own resolution, the default before.
     "coarse": Variant(
-        "resolution: scans at 2 mm (2x2x2 block means), probabilities interpolated back",
+        "resolution: scans at 2 mm (2x2x2 block means), probabilities interpolated back; "
+        "the schedule before (28 epochs, early stopping)",
         model={"downsample": 2},
+        train=UNFITTED,
+        epochs=0.5,
     ),
     "fine": Variant("resolution: scans at their own 1 mm (the seed's)", model={"downsample": 1}),
-    # At 2 mm the preset's 28 epochs took 8-11 of the 15 minutes (2026-12-07): twice the epochs,
-    # shrunk to what the minutes hold.
+    # At 2 mm the 28 epochs before took 8-11 of the 15 minutes (2026-12-07): twice the epochs,
+    # shrunk to what the minutes hold (the defaults since).
     "coarse_longer": Variant(
-        "resolution: scans at 2 mm, 2x the epochs fitted to the minutes, no early stopping",
+        "resolution: scans at 2 mm, 56 epochs fitted to the minutes, no early stopping",
         model={"downsample": 2},
         train=FITTED,
-        epochs=2,
     ),
     "bf16_wider_longer_coarse": Variant(
         "resolution: bf16_wider_longer on scans at 2 mm",
@@ -279,7 +282,6 @@ def variant_config(name: str, seed: int, data):
     run is scored at the default threshold: calibrating costs a minute of the run), and the
     variant's changes."""
     from tumorseg.patches import Augmentation
-    from tumorseg.presets import TRAINING_PRESETS
     from tumorseg.run import TrainConfig
 
     variant = VARIANTS[name]

@@ -162,6 +162,16 @@ def test_resume_restores_early_stopping(tmp_path):
     assert state["epochs_without_improvement"] == 3 and state["best_val_dice"] == 1.5
 
 
+def test_early_stopping_patience_0_never_stops():
+    from tumorseg.train import EarlyStopping
+
+    for patience, stops in ((0, False), (3, True)):
+        early = EarlyStopping(patience)
+        for value in (0.5, 0.4, 0.3, 0.2, 0.1):
+            early.update(value)
+        assert early.should_stop == stops, patience
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -428,7 +438,7 @@ def test_a_run_fitted_to_its_time_limit_ends_its_schedule_in_time(tmp_path):
             steps_per_epoch=2,
             time_limit_minutes=1 / 3,
             fit_to_time_limit=True,
-            early_stopping_patience=1000,
+            early_stopping_patience=0,  # never: the cpu preset's
             calibrate=False,
         )
     )

@@ -381,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     patches.add_argument("--seed", type=int, default=0)
     patches.set_defaults(func=cmd_patches)
 
+    time_limits = ", ".join(
+        f"{name} {settings.get('time_limit_minutes', 'none')}"
+        for name, settings in TRAINING_PRESETS.items()
+    )
     train = commands.add_parser(
         "train", help="train a U-Net (a run folder with config, model, logs)"
     )
@@ -406,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-limit",
         type=number(float, 0, low_open=True),
         metavar="MINUTES",
-        help="start no epoch that would end past this many minutes of training",
+        help="start no epoch that would end past this many minutes of training (default: the "
+        f"preset's: {time_limits})",
     )
     train.set_defaults(func=cmd_train)
 

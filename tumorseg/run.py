@@ -65,7 +65,7 @@ class TrainConfig:
     tumour_share: float = TUMOUR_SHARE
     core_share: float = 0.0  # of patches centred on necrosis / enhancing tumour (labels 2, 3)
     augmentation: Augmentation = field(default_factory=Augmentation)
-    early_stopping_patience: int = 8
+    early_stopping_patience: int = 8  # epochs without a better validation Dice; 0: no early stop
     time_limit_minutes: float | None = None  # no epoch starts that would end past this
     # Under a time limit, shrink ``epochs`` to what the limit holds (at the latest epoch's pace),
     # so the learning-rate schedule ends when the minutes do.
@@ -153,7 +153,7 @@ class TrainConfig:
         _check_text(self, "preset")
         for key in ("epochs", "steps_per_epoch", "batch_size", "validation_patches"):
             _check_integer(self, key, 1)
-        _check_integer(self, "early_stopping_patience", 1)
+        _check_integer(self, "early_stopping_patience", 0)
         _check_integer(self, "seed", 0)
         _check_number(self, "learning_rate", 0, low_open=True)
         _check_number(self, "final_learning_rate_fraction", 0, 1)

@@ -114,9 +114,9 @@ def check_tf_config(text: str | None) -> None:
 
 
 class EarlyStopping:
-    """Stop when validation Dice has not improved for ``patience`` epochs. Its state (best value,
-    epochs without improvement) is part of state.json, so a resumed run stops where an
-    uninterrupted one would."""
+    """Stop when validation Dice has not improved for ``patience`` epochs (0: never). Its state
+    (best value, epochs without improvement) is part of state.json, so a resumed run stops where
+    an uninterrupted one would."""
 
     def __init__(self, patience: int, best: float = -math.inf, waited: int = 0):
         self.patience, self.best, self.waited = patience, best, waited
@@ -138,7 +138,7 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.waited >= self.patience
+        return self.patience > 0 and self.waited >= self.patience
 
     def state(self) -> dict:
         return {"best_val_dice": self.best, "epochs_without_improvement": self.waited}
