@@ -423,10 +423,10 @@ def test_fitted_epochs_shrink_the_schedule_to_what_the_time_limit_holds():
     assert fitted_epochs(replace(config, time_limit_minutes=None), 2, 40.0, 100.0) == 28
 
 
-def test_a_run_fitted_to_its_time_limit_ends_its_schedule_in_time(tmp_path):
+def test_a_run_fitted_to_its_time_limit_ends_its_schedule_in_time(tmp_path, capsys):
     """500 epochs do not fit 20 seconds: the schedule shrinks to what they hold, config.json
-    keeps it, and the run ends with its schedule (the last epoch at the final learning rate)
-    rather than by the limit."""
+    keeps it, the progress bar counts to it, and the run ends with its schedule (the last epoch
+    at the final learning rate) rather than by the limit."""
     from tumorseg.train import train
 
     data = make_dataset(tmp_path / "data")
@@ -442,9 +442,10 @@ def test_a_run_fitted_to_its_time_limit_ends_its_schedule_in_time(tmp_path):
             calibrate=False,
         )
     )
-    state = train(config, tmp_path / "run", verbose=0)
+    state = train(config, tmp_path / "run", verbose=1)
     saved = TrainConfig.load(tmp_path / "run" / "config.json")
     assert state["ended"] == "finished" and state["epoch"] == saved.epochs < 500
+    assert f"Epoch {saved.epochs}/{saved.epochs}\n" in capsys.readouterr().out
     final = config.learning_rate * config.final_learning_rate_fraction
     assert state["history"][-1]["learning_rate"] == pytest.approx(final, rel=1e-3)
 

@@ -722,6 +722,7 @@ def _fit(
         callbacks.on_epoch_end(epoch, logs)
         improved = early.update(logs["val_dice"])
         fit_schedule(config, folder, epoch + 1, clock, broadcast, verbose)
+        callbacks.set_params(callbacks.params | {"epochs": config.epochs})  # "Epoch 5/49"
         ended = REASONS[broadcast(REASONS.index(stop_reason(config, epoch + 1, early, clock)))]
         state |= early.state() | {
             "epoch": epoch + 1,
