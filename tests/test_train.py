@@ -427,7 +427,7 @@ def test_a_run_fitted_to_its_time_limit_ends_its_schedule_in_time(tmp_path, caps
     """500 epochs do not fit 20 seconds: the schedule shrinks to what they hold, config.json
     keeps it, the progress bar counts to it, and the run ends with its schedule (the last epoch
     at the final learning rate) rather than by the limit."""
-    from tumorseg.train import train
+    from tumorseg.train import resume, train
 
     data = make_dataset(tmp_path / "data")
     config = TrainConfig.load(
@@ -448,6 +448,9 @@ def test_a_run_fitted_to_its_time_limit_ends_its_schedule_in_time(tmp_path, caps
     assert f"Epoch {saved.epochs}/{saved.epochs}\n" in capsys.readouterr().out
     final = config.learning_rate * config.final_learning_rate_fraction
     assert state["history"][-1]["learning_rate"] == pytest.approx(final, rel=1e-3)
+    # Extended on purpose (README): more epochs and more minutes.
+    more = resume(tmp_path / "run", epochs=saved.epochs + 2, time_limit_minutes=1, verbose=0)
+    assert (more["epoch"], more["ended"]) == (saved.epochs + 2, "finished")
 
 
 # ----------------------------------------------------------------------------- resume

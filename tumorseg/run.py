@@ -67,8 +67,8 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     early_stopping_patience: int = 8  # epochs without a better validation Dice; 0: no early stop
     time_limit_minutes: float | None = None  # no epoch starts that would end past this
-    # Under a time limit, shrink ``epochs`` to what the limit holds (at the latest epoch's pace),
-    # so the learning-rate schedule ends when the minutes do.
+    # Under a time limit, shrink ``epochs`` to what the limit holds (at the mean pace of the
+    # epochs after the first), so the learning-rate schedule ends when the minutes do.
     fit_to_time_limit: bool = False
     strategy: str = "default"
     seed: int = 0

@@ -577,7 +577,7 @@ def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verb
             f"(--epochs or --time-limit extend it)"
         )
     elif done >= config.epochs:
-        say(f"{out}: all {done} epochs are trained")
+        say(f"{out}: all {done} epochs are trained (--epochs extends the run)")
     elif used_up(config, state):
         state = state | {"ended": OUT_OF_TIME}
         if chief:
