@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     rows = rows[1:]
-    files = list((root / "cache").glob("BRATS_0*.npy"))
+    files = list((root / "cache").rglob("BRATS_0*.npy"))
     disk = sum(p.stat().st_size for p in files) / (len(files) / 3)
     result = {"simulation": rows, "simulated_cache_mib_per_case": disk / 2**20}
     if argv:

@@ -78,5 +78,5 @@ def test_1300_cases_train_under_ulimit_256(tmp_path):
     )
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list((tmp_path / "run" / "cache").glob("*.image.npy"))) == 1300
+    assert len(list((tmp_path / "run" / "cache").rglob("*.image.npy"))) == 1300
     assert (tmp_path / "run" / "model.keras").exists()

@@ -201,11 +201,15 @@ def test_cache_is_cropped_memory_mapped_and_reused(tumour_dataset, tmp_path):
     assert cached.label.shape == (40, 32, 20) and cached.tumour.size == np.count_nonzero(
         cached.label
     )
-    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    folder = tmp_path / "cache" / "16x16x8-downsample1"
+    files = sorted(p.name for p in folder.iterdir())
     assert files == ["BRATS_000.image.npy", "BRATS_000.label.npy", "BRATS_000.tumour.npy"]
-    mtime = (tmp_path / "cache" / "BRATS_000.image.npy").stat().st_mtime_ns
+    mtime = (folder / "BRATS_000.image.npy").stat().st_mtime_ns
     patches.cache_case(case, tmp_path / "cache", (16, 16, 8))
-    assert (tmp_path / "cache" / "BRATS_000.image.npy").stat().st_mtime_ns == mtime
+    assert (folder / "BRATS_000.image.npy").stat().st_mtime_ns == mtime
+    # Other settings, the same cache_dir: cached anew, never the other settings' arrays.
+    coarse = patches.cache_case(case, tmp_path / "cache", (16, 16, 8), downsample=2)
+    assert coarse.image.shape == (20, 16, 10, 4)
 
 
 def make_sampler(dataset, cache, **kwargs):

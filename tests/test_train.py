@@ -1000,7 +1000,7 @@ def test_a_run_with_every_lever_trains_resumes_and_predicts(tmp_path):
     run = tmp_path / "run"
     train(config, run, verbose=0)
     # Trained on the scans at half their voxels per axis (40x36x20 -> 20x18x10, cropped).
-    cached = np.array([np.load(path).shape for path in (run / "cache").glob("*.label.npy")])
+    cached = np.array([np.load(path).shape for path in (run / "cache").rglob("*.label.npy")])
     assert len(cached) and (cached >= (16, 16, 8)).all() and (cached <= (20, 18, 10)).all(), cached
     assert read_config(run) == replace(
         config,

@@ -385,13 +385,15 @@ def cache_case(
 ) -> CachedCase:
     """Load ``case`` once, downsample it by ``downsample`` per axis (:mod:`tumorseg.resample`:
     block means of the image, the most common label), crop it to its brain, clip its intensities
-    (:func:`tumorseg.data.clip_intensities`), save it as .npy under ``cache_dir`` (atomically)
-    and return its :class:`CachedCase`. A complete cache is reused."""
+    (:func:`tumorseg.data.clip_intensities`), save it as .npy (atomically) in a folder of
+    ``cache_dir`` named by the patch and the factor (``64x64x32-downsample2``) and return its
+    :class:`CachedCase`. A complete cache of the same settings is reused."""
     from .atomic import atomic_path
     from .data import clip_intensities, load_case
     from .resample import downsample_image, downsample_label
 
-    cached = CachedCase(case.id, Path(cache_dir), (0, 0, 0), 0)
+    folder = Path(cache_dir) / ("x".join(map(str, patch_shape)) + f"-downsample{downsample}")
+    cached = CachedCase(case.id, folder, (0, 0, 0), 0)
     paths = {part: cached.path(part) for part in ("image", "label", "tumour")}
     if not all(p.exists() for p in paths.values()):
         image, label = load_case(case)
@@ -408,9 +410,7 @@ def cache_case(
         for part in ("tumour", "label", "image"):  # image last: its presence marks completeness
             with atomic_path(paths[part]) as tmp:
                 np.save(tmp, np.ascontiguousarray(arrays[part]), allow_pickle=False)
-    return CachedCase(
-        case.id, Path(cache_dir), _npy_shape(paths["label"]), _npy_shape(paths["tumour"])[0]
-    )
+    return CachedCase(case.id, folder, _npy_shape(paths["label"]), _npy_shape(paths["tumour"])[0])
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
