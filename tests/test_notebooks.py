@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -191,7 +192,8 @@ def test_05_training(trained):
     assert (run / "model.keras").exists() and (run / "history.csv").exists()
     # The run's settings, as tumorseg train writes them: what notebook 6 predicts with.
     config = read_config(run)
-    assert config.model == PRESETS["cpu"] and not config.calibrate
+    # The cpu preset's network, in the precision the learner's U-Net computes in.
+    assert config.model == replace(PRESETS["cpu"], precision="float32") and not config.calibrate
     trained_epochs = len(pd.read_csv(run / "history.csv"))
     assert 2 <= trained_epochs == config.epochs <= fitted < 40
     assert displayed(notebook, "image/png") >= 1  # the curves
