@@ -58,7 +58,7 @@ PRESETS = {
     # Small enough for two CPU cores: fewer filters and a smaller patch; same architecture. The
     # scans at 2 mm: a patch covers 128x128x64 mm at the same cost per step (README, the
     # resolution ablation: own phantoms and the real tumour core up, three training seeds).
-    # Mixed bfloat16: 1.4x the steps of float32 on cores with AVX-512 BF16 (README, the bf16
+    # Mixed bfloat16: 1.3x the steps of float32 on cores with AVX-512 BF16 (README, the bf16
     # ablation); a CPU without it emulates bf16, slower than float32.
     "cpu": ModelConfig(
         patch_shape=(64, 64, 32),
