@@ -10,6 +10,7 @@ import sys
 from . import (
     bench_ablation,
     bench_calibration,
+    bench_et_minimum,
     bench_inference,
     bench_model,
     bench_patches,
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "tissues": (bench_tissues.tissues, bench_tissues.report_tissues),
     "ablation": (bench_ablation.ablation, bench_ablation.report_ablation),
     "calibration": (bench_calibration.calibration, bench_calibration.report_calibration),
+    "et_minimum": (bench_et_minimum.et_minimum, bench_et_minimum.report_et_minimum),
 }
 LONG = ("ablation", "calibration")  # run only when named
 

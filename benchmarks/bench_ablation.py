@@ -109,8 +109,8 @@ VARIANTS = {
         {"contrast_rules": "widened"},
     ),
     # The training levers of issue 17, each alone on the defaults.
-    # Mixed bfloat16 is the cpu preset's precision since 2026-12-07 (the `bf16` lever then): the
-    # lever is now the seed's float32.
+    # Mixed bfloat16 is the cpu preset's precision since 2026-12-07 on CPUs with native bf16
+    # (the `bf16` lever then): the lever is now the seed's float32 (no change on other CPUs).
     "float32": Variant(
         "lever: float32 training, the seed's precision (not mixed bfloat16)",
         model={"precision": "float32"},

@@ -46,7 +46,7 @@ def old_calibrate_threshold():
 
 def calibration() -> dict:
     from tumorseg.data import find_cases
-    from tumorseg.inference import calibrate_threshold
+    from tumorseg.inference import calibrate_label_map
     from tumorseg.run import is_run, read_config
     from tumorseg.synthetic import write_dataset
     from tumorseg.train import TrainConfig, train
@@ -67,8 +67,8 @@ def calibration() -> dict:
     seconds = {}
     for name, calibrate in (
         ("old", lambda folder: old(folder, cases, patch)),
-        ("new_tta", lambda folder: calibrate_threshold(folder, cases, tta=True)),
-        ("new_no_tta", lambda folder: calibrate_threshold(folder, cases, tta=False)),
+        ("new_tta", lambda folder: calibrate_label_map(folder, cases, tta=True)["threshold"]),
+        ("new_no_tta", lambda folder: calibrate_label_map(folder, cases, tta=False)["threshold"]),
     ):
         folder = OUT / f"calibration-{name}"
         shutil.rmtree(folder, ignore_errors=True)

@@ -13,6 +13,7 @@ from tumorseg.data import clip_intensities
 from tumorseg.inference import (
     Predictor,
     config_from_model,
+    drop_small_enhancing,
     gaussian_weights,
     plan_axis,
     predict_volume,
@@ -41,6 +42,21 @@ def test_label_map_takes_the_most_probable_channel_above_threshold():
     assert to_label_map(probabilities).ravel().tolist() == [0, 1, 3, 2]
     assert to_label_map(probabilities, threshold=0.85).ravel().tolist() == [0, 1, 0, 0]
     assert to_label_map(probabilities).dtype == np.uint8
+
+
+def test_a_small_enhancing_tumour_becomes_non_enhancing():
+    label_map = np.zeros((6, 5, 4), np.uint8)
+    label_map[:3] = 1
+    label_map[0, 0, :3] = 3  # 3 enhancing voxels
+    label_map[1, 0, 0] = 2
+    relabelled = label_map.copy()
+    relabelled[0, 0, :3] = 2
+    np.testing.assert_array_equal(drop_small_enhancing(label_map, 4), relabelled)
+    for minimum in (0, 1, 3):  # 0 keeps any size; 3 voxels are not fewer than 3
+        np.testing.assert_array_equal(drop_small_enhancing(label_map, minimum), label_map)
+    no_enhancing = np.where(label_map == 3, 1, label_map).astype(np.uint8)
+    np.testing.assert_array_equal(drop_small_enhancing(no_enhancing, 100), no_enhancing)
+    assert drop_small_enhancing(label_map, 4).dtype == np.uint8
 
 
 def test_window_plan_covers_the_axis():
@@ -294,9 +310,21 @@ def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
         0.3,
     )
     assert predictor.note is None and predictor.threshold_source == "calibrated"
+    assert predictor.et_min_voxels is None, "calibrated before the minimum existed: none"
     probabilities = predict_volume(model, image)
     np.testing.assert_allclose(predictor.predict(image), probabilities, atol=1e-6)
-    np.testing.assert_array_equal(predictor.segment(image), to_label_map(probabilities, 0.3))
+    label_map = to_label_map(probabilities, 0.3)
+    np.testing.assert_array_equal(predictor.segment(image), label_map)
+    # The run's enhancing-tumour minimum relabels a smaller one; segment's argument overrides it.
+    enhancing = int(np.count_nonzero(label_map == 3))
+    assert enhancing > 0, "the golden scan's label map should hold enhancing tumour"
+    state = {"epoch": 1, "threshold": 0.3, "et_min_voxels": enhancing + 1}
+    (run / "state.json").write_text(json.dumps(state))
+    predictor = Predictor.from_run(run)
+    assert predictor.et_min_voxels == enhancing + 1
+    relabelled = np.where(label_map == 3, 2, label_map)
+    np.testing.assert_array_equal(predictor.segment(image), relabelled)
+    np.testing.assert_array_equal(predictor.segment(image, et_min_voxels=0), label_map)
     # A network that sees scans downsampled predicts the coarse scan, brought back to the grid.
     coarse = replace(config, downsample=2)
     (run / "config.json").write_text(json.dumps(settings | {"model": coarse.to_dict()}))

@@ -19,7 +19,7 @@ import pytest
 from conftest import write_tumour_dataset
 
 from tumorseg.model import ModelConfig, load_model
-from tumorseg.presets import PRESETS
+from tumorseg.presets import CPU_PRECISION, PRESETS
 from tumorseg.train import TrainConfig
 
 TINY = ModelConfig(patch_shape=(16, 16, 8), n_base_filters=2, depth=3, normalization="batch")
@@ -504,7 +504,8 @@ def test_resume_of_a_finished_run_changes_nothing(trained_run):
 def test_resume_redoes_a_killed_calibration(trained_run, tmp_path):
     run = copy_run(trained_run[0], tmp_path)
     state = json.loads((run / "state.json").read_text())
-    del state["threshold"], state["threshold_scores"]  # as a kill during calibration leaves it
+    for key in ("threshold", "threshold_scores", "et_min_voxels", "et_min_scores"):
+        del state[key]  # as a kill during calibration leaves it
     (run / "state.json").write_text(json.dumps(state))
     before = digests(run)
     result = tumorseg("train", "--out", run, "--resume")
@@ -512,6 +513,7 @@ def test_resume_redoes_a_killed_calibration(trained_run, tmp_path):
     assert "calibrating" in result.stdout and "nothing to train" in result.stdout
     after = json.loads((run / "state.json").read_text())
     assert after["threshold"] in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+    assert after["et_min_voxels"] in (0, 50, 100, 200, 300, 500, 750, 1000)
     assert after["history"] == state["history"]
     assert {k: v for k, v in digests(run).items() if k != "state.json"} == {
         k: v for k, v in before.items() if k != "state.json"
@@ -663,12 +665,42 @@ def test_threshold_zero_means_zero_and_provenance_is_written(trained_run, tmp_pa
     assert record["model"] == str((run / "model.keras").resolve())
     assert record["model_sha256"] == hashlib.sha256(model_bytes).hexdigest()
     assert record["threshold"] == 0 and record["threshold_source"] == "--threshold"
+    state = json.loads((run / "state.json").read_text())
+    assert (record["et_min_voxels"], record["et_min_voxels_source"]) == (
+        state["et_min_voxels"],
+        "calibrated",
+    )
     assert (record["overlap"], record["tta"], record["precision"]) == (0.25, False, "float32")
     assert record["tumorseg_version"] and record["time"].endswith("+00:00")
     assert [o["output"] for o in record["outputs"]] == [f"BRATS_00{i}.nii.gz" for i in range(3)]
     assert record["outputs"][1]["inputs"] == [
         str((data / "imagesTr" / "BRATS_001.nii.gz").resolve())
     ]
+
+
+def test_et_min_voxels_relabels_a_smaller_enhancing_tumour(trained_run, tmp_path):
+    run, data = trained_run
+    case = data / "imagesTr" / "BRATS_000.nii.gz"
+    labels = {}
+    for minimum in (0, 10**9):
+        out = tmp_path / f"min{minimum}.nii.gz"
+        options = ("--threshold", 0, "--et-min-voxels", minimum)
+        result = tumorseg("predict", "--model", run, "--input", case, "--out", out, *options)
+        assert result.returncode == 0, result.stderr[-2000:]
+        labels[minimum] = np.asarray(nib.load(out).dataobj)
+        record = json.loads((tmp_path / f"min{minimum}.predict.json").read_text())
+        assert (record["et_min_voxels"], record["et_min_voxels_source"]) == (
+            minimum,
+            "--et-min-voxels",
+        )
+    assert np.any(labels[0] == 3), "threshold 0 should give enhancing voxels to relabel"
+    np.testing.assert_array_equal(labels[10**9], np.where(labels[0] == 3, 2, labels[0]))
+    result = tumorseg(
+        "predict", "--model", run, "--input", case, "--out", tmp_path / "x.nii.gz",
+        "--et-min-voxels", -1,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "--et-min-voxels" in lines[0], lines
 
 
 def test_a_bare_keras_file_predicts_with_defaults_said_in_one_line(trained_run, tmp_path):
@@ -685,6 +717,7 @@ def test_a_bare_keras_file_predicts_with_defaults_said_in_one_line(trained_run, 
     assert len(notes) == 1 and "no run folder" in notes[0] and "threshold 0.5" in notes[0]
     record = json.loads((tmp_path / "one.predict.json").read_text())
     assert record["threshold"] == 0.5 and record["threshold_source"] == "default"
+    assert (record["et_min_voxels"], record["et_min_voxels_source"]) == (0, "default")
     assert record["patch_shape"] == [16, 16, 8]
 
 
@@ -852,7 +885,7 @@ def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_pa
     import tumorseg.metrics
     import tumorseg.model
     from tumorseg.data import find_cases
-    from tumorseg.inference import Predictor, calibrate_threshold
+    from tumorseg.inference import Predictor, calibrate_label_map
 
     run = copy_run(trained_run[0], tmp_path)
     builds, flips = [], []
@@ -878,10 +911,35 @@ def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_pa
     cases = find_cases(trained_run[1])
     for tta in (False, True):
         builds.clear(), flips.clear()
-        threshold = calibrate_threshold(run, cases, tta=tta)
+        chosen = calibrate_label_map(run, cases, tta=tta)
         state = json.loads((run / "state.json").read_text())
-        assert state["threshold"] == threshold and state["threshold_tta"] is tta
+        assert {k: state[k] for k in chosen} == chosen and chosen["threshold_tta"] is tta
         assert len(builds) == 1 and flips == [tta] * len(cases), (builds, flips)
+
+
+def test_calibration_drops_a_false_small_enhancing_tumour(trained_run, tmp_path, monkeypatch):
+    """Two validation scans: one without enhancing tumour where the network marks 20 enhancing
+    voxels, one whose 64 enhancing voxels it finds. A minimum of 50 voxels gives both ET Dice
+    1; 0 (keep all) and 100 (drops the true one too) give 0.5 each."""
+    import tumorseg.data
+    from tumorseg.inference import Predictor, calibrate_label_map
+
+    truths, predictions = np.zeros((2, 30, 20, 10), np.uint8), np.zeros((2, 30, 20, 10), np.uint8)
+    truths[:, 5:25, 5:15, 2:8] = 1
+    truths[1, 10:14, 8:12, 3:7] = 3  # 64 voxels
+    predictions[:] = truths
+    predictions[0, 10:15, 8:12, 3] = 3  # 20 false enhancing voxels
+    probabilities = [np.where(np.eye(4)[p][..., 1:] == 1, 0.9, 0.05) for p in predictions]
+    monkeypatch.setattr(tumorseg.data, "load_case", lambda i: (i, truths[i]))
+    monkeypatch.setattr(Predictor, "predict", lambda self, i, **options: probabilities[i])
+    run = copy_run(trained_run[0], tmp_path)
+    assert calibrate_label_map(run, [0, 1])["et_min_voxels"] == 50
+    scores = json.loads((run / "state.json").read_text())["et_min_scores"]
+    assert (scores["0"], scores["50"], scores["100"]) == (0.5, 1.0, 0.5)
+    assert Predictor.from_run(run).et_min_voxels == 50
+    predictions[0] = truths[0]  # no false enhancing tumour: nothing to drop, none dropped
+    probabilities[0] = np.where(np.eye(4)[truths[0]][..., 1:] == 1, 0.9, 0.05)
+    assert calibrate_label_map(run, [0, 1])["et_min_voxels"] == 0
 
 
 # ----------------------------------------------------------------------------- training levers
@@ -900,8 +958,20 @@ def test_the_default_levers_are_the_seeds_recipe(tmp_path):
         config.intra_op_threads,
     ) == ("dice", 0, 0.0, "adam", "cosine", False, 0, 0)
     assert config.model.output == "classes"
-    # The one departure: the cpu preset trains in mixed bfloat16; the seed's in float32.
-    assert (config.model.precision, PRESETS["seed"].precision) == ("bf16", "float32")
+    # The one departure: the cpu preset trains in mixed bfloat16 where the CPU has it natively;
+    # the seed's in float32.
+    assert (config.model.precision, PRESETS["seed"].precision) == (CPU_PRECISION, "float32")
+
+
+def test_the_cpu_preset_takes_bf16_only_where_the_cpu_has_it():
+    from tumorseg.presets import native_bf16
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"
+    assert not native_bf16(avx2)
+    assert native_bf16(avx2.replace("avx512f", "avx512f avx512_bf16"))
+    assert native_bf16(avx2.replace("avx512f", "amx_bf16 amx_tile"))
+    assert not native_bf16("model name\t: avx512_bf16 in its name\n")
+    assert CPU_PRECISION == ("bf16" if native_bf16() else "float32")
 
 
 def test_optimizer_and_schedule_settings(tmp_path):
@@ -1046,5 +1116,5 @@ def test_every_ablation_variant_is_a_valid_run_that_changes_one_thing(tmp_path):
         config = variant_config(name, 1, tmp_path)
         config.validate()
         assert config.seed == 1
-        if name in levers:
-            assert config != default, name
+        if name in levers and not (name == "float32" and CPU_PRECISION == "float32"):
+            assert config != default, name  # float32 is the default on a CPU without bf16

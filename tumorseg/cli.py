@@ -102,9 +102,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         config = new_train_config(args)
     startup_log = quiet_tensorflow()  # after the settings are checked: bad ones fail fast
+    from .inference import describe_rule
     from .train import describe_devices, make_strategy, resume, train
 
-    print(describe_devices(args.strategy or config.strategy, config.preset, startup_log))
+    print(
+        describe_devices(
+            args.strategy or config.strategy, config.preset, startup_log, config.model.precision
+        )
+    )
     if args.resume:
         strategy = make_strategy(args.strategy) if args.strategy else None
         state = resume(
@@ -118,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         state = train(config, out, strategy=make_strategy(config.strategy))
     print(
         f"{out}: {state['epoch']} epochs ({state['ended']}); best validation Dice "
-        f"{state['best_val_dice']:.4f}; threshold {state.get('threshold', 'not calibrated')}; "
+        f"{state['best_val_dice']:.4f}; {describe_rule(state)}; "
         f"model: {out / MODEL_FILE}"
     )
 
@@ -208,6 +213,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if predictor.note:
         print(f"tumorseg: {predictor.note}", file=sys.stderr)
     threshold = predictor.threshold if args.threshold is None else args.threshold
+    et_min_voxels = args.et_min_voxels
+    if et_min_voxels is None:
+        et_min_voxels = predictor.et_min_voxels or 0
     record = {
         "model": str(predictor.model_file.resolve()),
         "model_sha256": predictor.model_sha256(),
@@ -215,6 +223,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         "threshold_source": "--threshold"
         if args.threshold is not None
         else predictor.threshold_source,
+        "et_min_voxels": et_min_voxels,
+        "et_min_voxels_source": "--et-min-voxels"
+        if args.et_min_voxels is not None
+        else "calibrated"
+        if predictor.et_min_voxels is not None
+        else "default",
         "overlap": args.overlap,
         "tta": args.tta,
         "precision": args.precision,
@@ -228,6 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         label_map = predictor.segment(
             image,
             threshold,
+            et_min_voxels,
             overlap=args.overlap,
             tta=args.tta,
             precision=args.precision,
@@ -335,7 +350,7 @@ def number(kind, low=None, high=None, high_open=False, low_open=False):
 
 
 POSITIVE = number(int, 1)
-SEED = number(int, 0)  # numpy's generators take seeds >= 0
+NON_NEGATIVE = number(int, 0)  # seeds (numpy takes >= 0), voxel counts
 SHARE = number(float, 0, 1, high_open=True)  # 0 <= x < 1
 SHARE_OPEN = number(float, 0, 1, low_open=True, high_open=True)  # 0 < x < 1
 
@@ -351,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write the synthetic phantom dataset (MSD layout)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--cases", type=POSITIVE, default=24, help="number of cases (default 24)")
-    synth.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
+    synth.add_argument("--seed", type=NON_NEGATIVE, default=0, help="dataset seed (default 0)")
     synth.add_argument(
         "--workers",
         type=POSITIVE,
@@ -405,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="complete the run in --out (a finished run stays as it is)",
     )
     train.add_argument("--strategy", choices=STRATEGIES)
-    train.add_argument("--seed", type=number(int, 0), help="run seed (at least 0)")
+    train.add_argument("--seed", type=NON_NEGATIVE, help="run seed (at least 0)")
     train.add_argument(
         "--time-limit",
         type=number(float, 0, low_open=True),
@@ -425,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=SHARE,
         help="label-map threshold (default: the run's calibrated one, else 0.5)",
+    )
+    predict.add_argument(
+        "--et-min-voxels",
+        type=NON_NEGATIVE,
+        metavar="N",
+        help="relabel a predicted enhancing tumour of fewer than N voxels non-enhancing "
+        "(default: the run's calibrated N, else 0: keep it)",
     )
     predict.add_argument("--precision", choices=PRECISIONS, default="float32")
     predict.add_argument("--batch-size", type=POSITIVE, default=1, help="windows per forward pass")

@@ -293,6 +293,19 @@ def to_label_map(
     return np.where(probabilities.max(axis=-1) > threshold, best, 0).astype(np.uint8)
 
 
+def drop_small_enhancing(label_map: np.ndarray, min_voxels: int) -> np.ndarray:
+    """uint8 ``(x, y, z)`` label map whose enhancing tumour (3) becomes non-enhancing (2) when
+    it has fewer than ``min_voxels`` voxels in all; 0 keeps every enhancing voxel.
+
+    Isensee et al.'s BraTS 2020 post-processing: in a scan without enhancement a few predicted
+    enhancing voxels score enhancing-tumour Dice 0, the costliest error there is; relabelled
+    non-enhancing they stay in the tumour core and whole tumour."""
+    enhancing = label_map == 3
+    if 0 < np.count_nonzero(enhancing) < min_voxels:
+        return np.where(enhancing, np.uint8(2), label_map).astype(np.uint8)
+    return label_map
+
+
 def seed_tiling_predict(
     model, image: np.ndarray, window=SEED_PATCH_SHAPE, padded_shape=(320, 320, 160)
 ) -> np.ndarray:
@@ -333,14 +346,17 @@ class Predictor:
     threshold: float
     threshold_source: str  # "calibrated" (on the run's validation scans) or "default"
     note: str | None = None
+    # Enhancing tumour smaller than this becomes non-enhancing; None: not calibrated (keep it).
+    et_min_voxels: int | None = None
     _nets: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_run(cls, path: str | os.PathLike) -> Predictor:
         """Restore a run folder (its best ``model.keras``), or a ``.keras`` file: inside a run
-        folder it takes that run's settings; alone, the model's own input size and threshold
-        0.5. Reads ``config.json`` (architecture, patch shape) and ``state.json`` (calibrated
-        threshold); loads the model in safe mode."""
+        folder it takes that run's settings; alone, the model's own input size, threshold 0.5
+        and no enhancing-tumour minimum. Reads ``config.json`` (architecture, patch shape) and
+        ``state.json`` (calibrated threshold and enhancing-tumour minimum; a run calibrated
+        before the minimum existed has none); loads the model in safe mode."""
         from .model import load_model, main_output
 
         path = Path(path)
@@ -350,7 +366,8 @@ class Predictor:
         if is_run(run):
             run_config = read_config(run)
             config = run_config.model
-            threshold = (read_state(run) or {}).get("threshold")
+            state = read_state(run) or {}
+            threshold = state.get("threshold")
             note = (
                 None
                 if threshold is not None or not run_config.calibrate
@@ -369,7 +386,15 @@ class Predictor:
                     "default",
                     note,
                 )
-            return cls(model, model_file, config, config.patch_shape, threshold, "calibrated")
+            return cls(
+                model,
+                model_file,
+                config,
+                config.patch_shape,
+                threshold,
+                "calibrated",
+                et_min_voxels=state.get("et_min_voxels"),
+            )
         config = config_from_model(model)
         patch = tuple(model.input_shape[1:4])
         if None in patch:
@@ -414,14 +439,32 @@ class Predictor:
             )[0]
         return self._nets[precision]
 
-    def segment(self, image: np.ndarray, threshold: float | None = None, **options) -> np.ndarray:
-        """``(X, Y, Z, 4)`` scan -> uint8 ``(X, Y, Z)`` label map at ``threshold`` (default: the
-        run's); ``options`` go to :meth:`predict`."""
-        return to_label_map(
-            self.predict(image, **options),
-            self.threshold if threshold is None else threshold,
-            self.output,
+    def segment(
+        self,
+        image: np.ndarray,
+        threshold: float | None = None,
+        et_min_voxels: int | None = None,
+        **options,
+    ) -> np.ndarray:
+        """``(X, Y, Z, 4)`` scan -> uint8 ``(X, Y, Z)`` label map at ``threshold``, enhancing
+        tumour under ``et_min_voxels`` voxels relabelled non-enhancing (defaults: the run's);
+        ``options`` go to :meth:`predict`."""
+        return self.label_map(self.predict(image, **options), threshold, et_min_voxels)
+
+    def label_map(
+        self,
+        probabilities: np.ndarray,
+        threshold: float | None = None,
+        et_min_voxels: int | None = None,
+    ) -> np.ndarray:
+        """uint8 ``(X, Y, Z)`` label map of :meth:`predict`'s ``(X, Y, Z, 3)`` probabilities,
+        by the run's rule (or the ``threshold`` and ``et_min_voxels`` given)."""
+        label_map = to_label_map(
+            probabilities, self.threshold if threshold is None else threshold, self.output
         )
+        if et_min_voxels is None:
+            et_min_voxels = self.et_min_voxels or 0
+        return drop_small_enhancing(label_map, et_min_voxels)
 
     @property
     def output(self) -> str:
@@ -445,12 +488,13 @@ class Predictor:
 # ----------------------------------------------------------------------------- calibration
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+ET_MINIMUMS = (0, 50, 100, 200, 300, 500, 750, 1000)  # voxels of predicted enhancing tumour
 TOLERANCE = 0.005
 CALIBRATED_REGIONS = ("WT", "TC", "ET")
 
 
-def region_dice(pred_map: np.ndarray, true_map: np.ndarray) -> float:
-    """Mean Dice of the BraTS regions WT, TC and ET of two ``(x, y, z)`` label maps (two empty
+def region_dices(pred_map: np.ndarray, true_map: np.ndarray) -> tuple[float, float, float]:
+    """Dice of the BraTS regions WT, TC and ET of two ``(x, y, z)`` label maps (two empty
     masks agree: Dice 1)."""
     from .metrics import REGIONS
 
@@ -460,39 +504,62 @@ def region_dice(pred_map: np.ndarray, true_map: np.ndarray) -> float:
         p, t = np.isin(pred_map, values), np.isin(true_map, values)
         total = np.count_nonzero(p) + np.count_nonzero(t)
         scores.append(1.0 if total == 0 else 2 * np.count_nonzero(p & t) / total)
-    return float(np.mean(scores))
+    return tuple(scores)
 
 
-def calibrate_threshold(run: str | os.PathLike, valid_cases: list, tta: bool = True) -> float:
-    """Choose the probability threshold of the label map that gives the best mean Dice of
-    WT, TC and ET on the run's whole validation scans; record it in state.json, with the
-    test-time flip setting ``tta`` it was chosen under (predict with the same).
+def describe_rule(state: dict) -> str:
+    """The label-map rule a run's ``state.json`` holds, in words."""
+    if "threshold" not in state:
+        return "threshold not calibrated"
+    minimum = state.get("et_min_voxels", 0)
+    return f"threshold {state['threshold']}; " + (
+        f"enhancing tumour under {minimum} voxels relabelled non-enhancing"
+        if minimum
+        else "enhancing tumour kept at any size"
+    )
+
+
+def calibrate_label_map(run: str | os.PathLike, valid_cases: list, tta: bool = True) -> dict:
+    """Choose the label map's rule on the run's whole validation scans and record it in
+    state.json: the probability threshold with the best mean Dice of WT, TC and ET, then, at
+    that threshold, the smallest enhancing tumour kept (:data:`ET_MINIMUMS`, see
+    :func:`drop_small_enhancing`) with the best mean ET Dice. Returns both, with the test-time
+    flip setting ``tta`` they were chosen under (predict with the same).
 
     Soft-Dice-trained networks give probabilities that are not calibrated, so 0.5 is not
-    always best; the choice uses validation cases only, never the cases evaluated later. One
-    :class:`Predictor` predicts every case.
+    always best; the choice uses validation cases only, never the cases evaluated later. Each
+    optimum is flat over a few cases: the highest threshold and the smallest minimum within
+    :data:`TOLERANCE` of the best are taken. One :class:`Predictor` predicts every case.
     """
     from .data import load_case
 
     predictor = Predictor.from_run(run)
-    scores = {threshold: [] for threshold in THRESHOLDS}
+    # Per threshold, per case: WT, TC, ET Dice, predicted ET voxels, ET Dice with ET dropped.
+    cases = {threshold: [] for threshold in THRESHOLDS}
     for case in valid_cases:
         image, label = load_case(case)
         probabilities = predictor.predict(image, tta=tta)
+        dice_without_et = 0.0 if np.any(label == 3) else 1.0
         for threshold in THRESHOLDS:
-            scores[threshold].append(
-                region_dice(to_label_map(probabilities, threshold, predictor.output), label)
-            )
-    means = {t: float(np.mean(v)) for t, v in scores.items()}
-    # The optimum is flat over a few cases: take the highest threshold within 0.005 of the best.
-    best = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
+            label_map = to_label_map(probabilities, threshold, predictor.output)
+            et_voxels = np.count_nonzero(label_map == 3)
+            cases[threshold].append((*region_dices(label_map, label), et_voxels, dice_without_et))
+    means = {t: float(np.mean([c[:3] for c in rows])) for t, rows in cases.items()}
+    threshold = max(t for t in THRESHOLDS if means[t] >= max(means.values()) - TOLERANCE)
+    rows = cases[threshold]
+    et_means = {
+        m: float(np.mean([dropped if 0 < voxels < m else et for *_, et, voxels, dropped in rows]))
+        for m in ET_MINIMUMS
+    }
+    et_min_voxels = min(m for m in ET_MINIMUMS if et_means[m] >= max(et_means.values()) - TOLERANCE)
+    chosen = {"threshold": threshold, "threshold_tta": tta, "et_min_voxels": et_min_voxels}
     write_state(
         run,
         read_state(run)
+        | chosen
         | {
-            "threshold": best,
-            "threshold_tta": tta,
             "threshold_scores": {str(t): m for t, m in means.items()},
+            "et_min_scores": {str(m): d for m, d in et_means.items()},
         },
     )
-    return best
+    return chosen

@@ -7,6 +7,7 @@ the seed's exact configuration, for a GPU; ``cpu`` is small enough to train on t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 SEED_PATCH_SHAPE = (160, 160, 16)  # the seed's training patch (x, y, z)
 DEFAULT_PRESET = "cpu"
@@ -23,6 +24,30 @@ OPTIMIZERS = ("adam", "sgd")  # sgd: nnU-Net's, Nesterov momentum SGD_MOMENTUM
 SCHEDULES = ("cosine", "poly")  # poly: nnU-Net's (1 - epoch / epochs) ** POLY_EXPONENT
 SGD_MOMENTUM = 0.99
 POLY_EXPONENT = 0.9
+# CPU instruction sets that compute bfloat16 natively (Linux's names in /proc/cpuinfo's flags).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bfloat16 natively (:data:`BF16_FLAGS`), from ``cpuinfo`` (the
+    text of /proc/cpuinfo; default: this machine's, False where there is none). Elsewhere
+    TensorFlow emulates bfloat16, tens of times slower than float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {
+        flag
+        for line in cpuinfo.splitlines()
+        if line.startswith("flags")
+        for flag in line.partition(":")[2].split()
+    }
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
+# The cpu preset's precision on this machine: mixed bfloat16 where the CPU has it natively.
+CPU_PRECISION = "bf16" if native_bf16() else "float32"
 
 
 @dataclass(frozen=True)
@@ -58,13 +83,13 @@ PRESETS = {
     # Small enough for two CPU cores: fewer filters and a smaller patch; same architecture. The
     # scans at 2 mm: a patch covers 128x128x64 mm at the same cost per step (README, the
     # resolution ablation: own phantoms and the real tumour core up, three training seeds).
-    # Mixed bfloat16: 1.3x the steps of float32 on cores with AVX-512 BF16 (README, the bf16
-    # ablation); a CPU without it emulates bf16, slower than float32.
+    # Mixed bfloat16 where the CPU has it (AVX-512 BF16, AMX): 1.3x the steps of float32 (README,
+    # the bf16 ablation); float32 on other CPUs, which emulate bf16 (README: 60x slower).
     "cpu": ModelConfig(
         patch_shape=(64, 64, 32),
         n_base_filters=8,
         normalization="batch",
-        precision="bf16",
+        precision=CPU_PRECISION,
         downsample=2,
     ),
 }

@@ -23,7 +23,7 @@ import numpy as np
 from .atomic import atomic_path
 from .data import find_cases
 from .errors import InputError
-from .inference import calibrate_threshold
+from .inference import calibrate_label_map, describe_rule
 from .model import load_model
 from .patches import NO_AUGMENTATION, PatchSampler, cache_case, training_dataset
 from .presets import STRATEGIES
@@ -61,11 +61,16 @@ def make_strategy(name: str):
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
 
 
-def describe_devices(strategy: str, preset: str, startup_log: str = "") -> str:
+def describe_devices(
+    strategy: str, preset: str, startup_log: str = "", precision: str = "float32"
+) -> str:
     """One line naming the devices TensorFlow found; when a GPU was expected (the ``seed``
     preset, or ``mirrored`` strategy) but none loaded, a second line says so, with TensorFlow's
-    start-up message about CUDA or cuDNN if it printed one."""
+    start-up message about CUDA or cuDNN if it printed one; when ``precision`` is bf16 on a CPU
+    that emulates it, a line says that too."""
     import tensorflow as tf
+
+    from .presets import native_bf16
 
     devices = tf.config.list_physical_devices()
     line = "TensorFlow devices: " + ", ".join(
@@ -82,6 +87,12 @@ def describe_devices(strategy: str, preset: str, startup_log: str = "") -> str:
         line += (
             f"\nwarning: no GPU loaded although {reason} expects one; training runs on "
             f"the CPU" + (f" (TensorFlow said: {why[-1][:200]})" if why else "")
+        )
+    gpu = any(d.device_type == "GPU" for d in devices)
+    if precision == "bf16" and not gpu and not native_bf16():
+        line += (
+            "\nwarning: this CPU has no native bfloat16 (AVX-512 BF16 or AMX): mixed bfloat16 is "
+            "emulated, many times slower than float32 (set model.precision to float32)"
         )
     return line
 
@@ -593,12 +604,13 @@ def _complete(config: TrainConfig, out: Path, state: dict | None, strategy, verb
         )
     if chief and config.calibrate and "threshold" not in state:
         say(
-            f"{out}: calibrating the label-map threshold on {len(config.valid_cases)} "
-            f"validation scans ({'with' if config.tta else 'without'} test-time flips)"
+            f"{out}: calibrating the label map (threshold, smallest enhancing tumour) on "
+            f"{len(config.valid_cases)} validation scans "
+            f"({'with' if config.tta else 'without'} test-time flips)"
         )
-        calibrate_threshold(out, [by_id[i] for i in config.valid_cases], tta=config.tta)
+        calibrate_label_map(out, [by_id[i] for i in config.valid_cases], tta=config.tta)
         state = read_state(out)
-        say(f"{out}: threshold {state['threshold']}")
+        say(f"{out}: {describe_rule(state)}")
     return state
 
 
