@@ -9,6 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import tumorseg  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
+
 SMALL = (12, 10, 8)
 
 

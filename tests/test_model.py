@@ -133,3 +133,17 @@ def test_deep_supervision_adds_full_size_outputs_and_the_saved_net_has_one(tmp_p
     net.save(tmp_path / "net.keras")
     loaded = load_model(tmp_path / "net.keras")
     assert len(loaded.outputs) == 1 and len(loaded.get_weights()) == len(model.get_weights())
+
+
+def test_importing_tumorseg_turns_on_onednn_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, tumorseg; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    for given, expected in ((None, "1"), ("0", "0")):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        env |= {"TF_ENABLE_ONEDNN_OPTS": given} if given else {}
+        command = [sys.executable, "-c", code]
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert result.stdout.strip() == expected, (given, result.stdout, result.stderr[-500:])

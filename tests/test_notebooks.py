@@ -214,6 +214,8 @@ def test_06_whole_scan_inference(trained, datasets):
     assert "patches (64, 64, 32), threshold 0.5, scans at 1/2" in text
     assert "Sensitivity" in text and "seed tiling" in text and "sliding windows" in text
     assert "Dice WT" in text and "HD95 ET" in text
+    # notebook 5's run is not calibrated: no enhancing-tumour minimum, every voxel kept
+    assert "no enhancing-tumour minimum calibrated" in text and "enhancing voxels marked" in text
     assert displayed(notebook, "image/png") >= 2  # truth beside prediction: a patch, a whole scan
     # the progress bar over the held-out cases, and the slice viewer
     assert displayed(notebook, "application/vnd.jupyter.widget-view+json") == 2
