@@ -169,7 +169,7 @@ def trained(datasets):
             "DATA": str(datasets / "train"),
             "RUN": str(run),
             "EPOCHS": 40,  # more than the minutes hold: the plan shrinks, as make run's does
-            "MINUTES": 0.4,
+            "MINUTES": 0.75,  # on slow cores the first epoch (compiling the step) nears 0.4 min
             "STEPS_PER_EPOCH": 2,
             "BATCH_SIZE": 2,
             "VALIDATION_PATCHES": 2,
@@ -187,7 +187,7 @@ def test_05_training(trained):
         in text
     )
     assert "first epoch:" in text  # the time, measured
-    fitted = int(re.search(r"0.4 minutes hold (\d+) epochs on this machine", text).group(1))
+    fitted = int(re.search(r"0.75 minutes hold (\d+) epochs on this machine", text).group(1))
     assert "validation cases at 1/2 of their voxels per axis" in text  # the cpu preset's 2 mm
     assert (run / "model.keras").exists() and (run / "history.csv").exists()
     # The run's settings, as tumorseg train writes them: what notebook 6 predicts with.

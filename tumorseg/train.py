@@ -156,15 +156,17 @@ class EarlyStopping:
 
 
 class TrainingClock:
-    """Seconds of training, counted across resumes (``state.json``'s ``training_seconds``)."""
+    """Seconds of training, counted across resumes (``state.json``'s ``training_seconds``), read
+    off ``now`` (seconds; a test may pass a clock of its own)."""
 
-    def __init__(self, seconds_before: float = 0.0):
-        self.started = time.monotonic() - seconds_before
-        self.epoch_started = time.monotonic()
+    def __init__(self, seconds_before: float = 0.0, now=time.monotonic):
+        self.now = now
+        self.started = now() - seconds_before
+        self.epoch_started = now()
         self.epoch_starts: list[float] = []  # of this process
 
     def start_epoch(self) -> None:
-        self.epoch_started = time.monotonic()
+        self.epoch_started = self.now()
         self.epoch_starts.append(self.epoch_started)
 
     def pace(self) -> float:
@@ -174,13 +176,13 @@ class TrainingClock:
         return (later[-1] - later[0]) / (len(later) - 1) if len(later) >= 2 else 0.0
 
     def seconds(self) -> float:
-        return time.monotonic() - self.started
+        return self.now() - self.started
 
     def next_epoch_overruns(self, limit_minutes: float | None) -> bool:
         """Whether another epoch as long as the last would end past ``limit_minutes``."""
         if not limit_minutes:
             return False
-        return self.seconds() + (time.monotonic() - self.epoch_started) > limit_minutes * 60
+        return self.seconds() + (self.now() - self.epoch_started) > limit_minutes * 60
 
 
 def fitted_epochs(
