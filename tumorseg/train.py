@@ -76,8 +76,9 @@ def describe_devices(
     line = "TensorFlow devices: " + ", ".join(
         f"{d.device_type}:{d.name.rpartition(':')[2]}" for d in devices
     )
+    gpu = any(d.device_type == "GPU" for d in devices)
     expected = preset == "seed" or strategy == "mirrored"
-    if expected and not any(d.device_type == "GPU" for d in devices):
+    if expected and not gpu:
         why = [
             text.strip()
             for text in startup_log.splitlines()
@@ -88,7 +89,6 @@ def describe_devices(
             f"\nwarning: no GPU loaded although {reason} expects one; training runs on "
             f"the CPU" + (f" (TensorFlow said: {why[-1][:200]})" if why else "")
         )
-    gpu = any(d.device_type == "GPU" for d in devices)
     if precision == "bf16" and not gpu and not native_bf16():
         line += (
             "\nwarning: this CPU has no native bfloat16 (AVX-512 BF16 or AMX): mixed bfloat16 is "
