@@ -16,6 +16,8 @@ TRAIN_MINUTES ?=
 .PHONY: run test lint bench assets lab student grade chromium clean
 STUDENT_DIR ?= student
 SUBMISSIONS ?= submissions
+# Notebooks make grade runs at once; empty: instructor.py's default.
+JOBS ?=
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,7 +69,7 @@ student: $(STAMP)
 	$(BIN)/python notebooks/instructor.py student --out $(STUDENT_DIR)
 
 grade: $(STAMP)
-	$(BIN)/python notebooks/instructor.py grade $(SUBMISSIONS)
+	$(BIN)/python notebooks/instructor.py grade $(SUBMISSIONS) $(if $(JOBS),--jobs $(JOBS))
 
 assets: $(STAMP)
 	$(BIN)/python assets/make_assets.py

@@ -17,34 +17,39 @@ the notebooks so the folder runs on its own.
 for each notebook it keeps the instructor's parameters, setup and graded-check cells (the
 learner's copies of those are ignored, as nbgrader's OverwriteCells does) and the learner's
 exercise cells, runs them in a fresh kernel with nbgrader's Execute preprocessor (errors
-allowed, a time limit per cell), and reads each check's points with nbgrader's
-``determine_grade``. Cells that only demonstrate (training, figures) do not run; later
-notebooks use the library's version of an earlier exercise the learner did not solve
-(``USE_LIBRARY_FALLBACK = True``), so each exercise is graded on its own. The result is
+allowed, a time limit per cell; ``--jobs`` notebooks at once), and reads each check's points
+with nbgrader's ``determine_grade``; a notebook not submitted scores 0 without running. Cells
+that only demonstrate (training, figures) do not run; later notebooks use the library's
+version of an earlier exercise the learner did not solve (``USE_LIBRARY_FALLBACK = True``), so
+each exercise is graded on its own. The result is
 ``SUBMISSIONS/grades.csv``: learner, notebook, exercise, points, max_points, message (the
 check's message on failure).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import re
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 from nbgrader import utils
 from nbgrader.preprocessors import ClearOutput, ClearSolutions, ComputeChecksums, Execute, LockCells
 
+from tumorseg.cli import POSITIVE, Parser
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HELPERS = ("util.py", "public_tests.py")
 START, END = "START CODE HERE", "END CODE HERE"
 CELL_TIMEOUT = 300  # seconds a grading cell may run
+# Notebooks graded at once, each in its own kernel (about 1 GB with TensorFlow).
+GRADING_JOBS = min(4, os.cpu_count() or 1)
 GRADING_PARAMETERS = {"USE_LIBRARY_FALLBACK": True}
 # The grading kernels log errors only: not the warning that each runs over local TCP.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
@@ -165,59 +170,65 @@ def failure_message(cell) -> str:
     return ""
 
 
-def grade_learner(folder: Path, work: Path) -> list[dict]:
-    """Rows of grades for one learner's folder of notebooks."""
+def _workspace(folder: Path, work: Path) -> Path:
+    """``work``: the instructor's checks (never the learner's copies) beside the learner's
+    notebooks, from which later notebooks load earlier exercises."""
     work.mkdir(parents=True, exist_ok=True)
-    for helper in HELPERS:  # the instructor's checks, never the learner's copies
+    for helper in HELPERS:
         shutil.copy(ROOT / helper, work / helper)
-    for submitted in folder.glob("*.ipynb"):  # later notebooks load earlier exercises from here
+    for submitted in folder.glob("*.ipynb"):
         shutil.copy(submitted, work / submitted.name)
-    rows = []
-    for path in course_notebooks():
-        instructor = nbformat.read(path, as_version=4)
-        submitted = folder / path.name
-        learner = nbformat.read(submitted, as_version=4) if submitted.exists() else None
-        notebook = grading_notebook(instructor, learner)
+    return work
+
+
+def grade_notebook(path: Path, folder: Path, work: Path) -> list[dict]:
+    """Rows of grades for one course notebook (``path``) of the learner in ``folder``, run in
+    a fresh kernel in ``work``; a notebook not submitted scores 0 without running."""
+    submitted = (folder / path.name).exists()
+    learner = nbformat.read(folder / path.name, as_version=4) if submitted else None
+    notebook = grading_notebook(nbformat.read(path, as_version=4), learner)
+    if submitted:
         Execute(
             timeout=CELL_TIMEOUT, allow_errors=True, extra_arguments=KERNEL_ARGUMENTS
         ).preprocess(notebook, {"metadata": {"path": str(work)}})
-        for cell in notebook.cells:
-            if not utils.is_grade(cell):
-                continue
-            # nbgrader counts any stderr as a failure; a warning (TensorFlow's start-up lines, a
-            # numpy RuntimeWarning) is not one: only an error fails a check.
-            cell.outputs = [
-                o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")
-            ]
-            points, max_points = utils.determine_grade(cell)
-            message = failure_message(cell)
-            if learner is None:
-                message = f"{path.name} not submitted"
-            rows.append(
-                {
-                    "learner": folder.name,
-                    "notebook": path.stem,
-                    "exercise": _grade_id(cell).removeprefix("test_"),
-                    "points": points if learner is not None else 0.0,
-                    "max_points": max_points,
-                    "message": message,
-                }
-            )
+    rows = []
+    for cell in notebook.cells:
+        if not utils.is_grade(cell):
+            continue
+        # nbgrader counts any stderr as a failure; a warning (TensorFlow's start-up lines, a
+        # numpy RuntimeWarning) is not one: only an error fails a check.
+        cell.outputs = [
+            o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")
+        ]
+        points, max_points = utils.determine_grade(cell)
+        rows.append(
+            {
+                "learner": folder.name,
+                "notebook": path.stem,
+                "exercise": _grade_id(cell).removeprefix("test_"),
+                "points": points if submitted else 0.0,
+                "max_points": max_points,
+                "message": failure_message(cell) if submitted else f"{path.name} not submitted",
+            }
+        )
     return rows
 
 
-def grade(submissions: Path) -> Path:
-    """Autograde every learner folder under ``submissions``; write ``grades.csv`` there."""
+def grade(submissions: Path, jobs: int = GRADING_JOBS) -> Path:
+    """Autograde every learner folder under ``submissions``, ``jobs`` notebooks at a time (each
+    in its own kernel); write ``grades.csv`` there."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: no C++ chatter
     if not submissions.is_dir():
         raise BadInput(f"{submissions}: no such folder of submissions")
     learners = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not learners:
         raise BadInput(f"{submissions}: no learner folders (one sub-folder per learner)")
-    rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for folder in learners:
-            rows += grade_learner(folder, Path(scratch) / folder.name)
+        work = {folder: _workspace(folder, Path(scratch) / folder.name) for folder in learners}
+        tasks = [(path, folder, work[folder]) for folder in learners for path in course_notebooks()]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            graded = list(pool.map(lambda task: grade_notebook(*task), tasks))
+    rows = [row for notebook_rows in graded for row in notebook_rows]
     out = submissions / "grades.csv"
     tmp = out.with_name(".grades.csv.tmp")
     with tmp.open("w", newline="") as handle:
@@ -229,19 +240,25 @@ def grade(submissions: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     student = commands.add_parser("student", help="write the learner version of the course")
     student.add_argument("--out", default="student", help="learner folder (default student/)")
     graded = commands.add_parser("grade", help="autograde SUBMISSIONS/<learner>/*.ipynb")
     graded.add_argument("submissions", type=Path)
+    graded.add_argument(
+        "--jobs",
+        type=POSITIVE,
+        default=GRADING_JOBS,
+        help=f"notebooks graded at once, each in its own kernel (default {GRADING_JOBS})",
+    )
     args = parser.parse_args(argv)
     if args.command == "student":
         for path in write_student(Path(args.out)):
             print(path)
     else:
         try:
-            out = grade(args.submissions)
+            out = grade(args.submissions, args.jobs)
         except BadInput as error:
             print(error, file=sys.stderr)
             return 2

@@ -72,13 +72,13 @@ TENSORFLOW_LOG = re.compile(
 
 @pytest.fixture(scope="module")
 def graded(student, tmp_path_factory) -> tuple[list[dict], str]:
-    """grades.csv of three learners (the unsolved learner version, the solutions, the solutions
-    with a numpy soft_dice_loss), and what make grade printed."""
+    """grades.csv of three learners (the unsolved learner version, the solutions, and only
+    notebooks 4 and 5 solved with a numpy soft_dice_loss), and what make grade printed."""
     submissions = tmp_path_factory.mktemp("submissions")
     shutil.copytree(student, submissions / "unsolved", ignore=shutil.ignore_patterns("*.py"))
-    for learner in ("solved", "numpy_loss"):
+    for learner, names in (("solved", "0*.ipynb"), ("numpy_loss", "0[45]_*.ipynb")):
         (submissions / learner).mkdir()
-        for path in NOTEBOOKS.glob("0*.ipynb"):
+        for path in NOTEBOOKS.glob(names):
             shutil.copy(path, submissions / learner / path.name)
     path = submissions / "numpy_loss" / "04_loss_and_metrics.ipynb"
     notebook = json.loads(path.read_text())
@@ -103,15 +103,21 @@ def test_make_grade_prints_no_tensorflow_log(graded):
 
 def test_each_exercise_is_graded_on_its_own(grades):
     """A numpy soft_dice_loss fails its own check with the keras.ops message; train_step, which
-    uses it, gets full marks (with the library's loss), and so does everything else."""
+    uses it, gets full marks (with the library's loss), and so does the rest of notebooks 4
+    and 5. The notebooks not submitted score 0 and say so."""
     rows = {row["exercise"]: row for row in grades if row["learner"] == "numpy_loss"}
     assert set(rows) == set(public_tests.EXERCISES)
     loss = rows.pop("soft_dice_loss")
     assert float(loss["points"]) == 0
     assert loss["message"].startswith("AssertionError: soft_dice_loss: on TensorFlow tensors")
     assert "keras.ops" in loss["message"]
+    assert float(rows["train_step"]["points"]) > 0
     for row in rows.values():
-        assert float(row["points"]) == float(row["max_points"]) > 0, row
+        if row["notebook"][:2] in ("04", "05"):
+            assert float(row["points"]) == float(row["max_points"]) > 0, row
+        else:
+            assert float(row["points"]) == 0 < float(row["max_points"]), row
+            assert row["message"] == f"{row['notebook']}.ipynb not submitted", row
 
 
 def test_solution_notebooks_get_full_marks(grades):
@@ -148,4 +154,18 @@ def test_grade_bad_submissions_folder_is_one_line(tmp_path, make_folder, says):
     )
     assert failed.returncode == 2
     assert failed.stderr.strip().startswith(f"{folder}: {says}")
+    assert "\n" not in failed.stderr.strip()
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_grade_bad_jobs_is_one_line(tmp_path, jobs):
+    import sys
+
+    failed = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "instructor.py"), "grade", str(tmp_path), "--jobs", jobs],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2
+    assert "argument --jobs:" in failed.stderr and jobs in failed.stderr
     assert "\n" not in failed.stderr.strip()

@@ -108,9 +108,9 @@ def weights_of(path):
 
 def test_killed_training_resumes_as_if_never_interrupted(tmp_path):
     """SIGKILL mid-run, then --resume: the same weights, history and end as a run of the same
-    settings that was never interrupted."""
+    settings that was never interrupted. (Calibration after a kill has a test of its own.)"""
     data = make_dataset(tmp_path / "data")
-    config = tiny_config(data, tmp_path, epochs=4, steps_per_epoch=40)
+    config = tiny_config(data, tmp_path, epochs=4, steps_per_epoch=40, calibrate=False)
     reference = tmp_path / "reference"
     result = tumorseg("train", "--config", config, "--out", reference)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -605,6 +605,44 @@ def test_malformed_tf_config_is_one_line(trained_run, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tumorseg: error: TF_CONFIG: "), lines
         assert words in lines[0]
+
+
+BAD_BEFORE_TENSORFLOW = """
+import sys
+from tumorseg.cli import main
+code = main(sys.argv[1:])
+print("RESULT", code, "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "args, tf_config",
+    [
+        (["predict", "--model", "no-run", "--input", "missing.nii.gz", "--out", "x"], None),
+        (["predict", "--model", "no-run", "--input", "{image}", "--out", "{kept}"], None),
+        (["train", "--data", "data", "--out", "mw", "--strategy", "multiworker"], "{not json"),
+        (["train", "--out", "{run}", "--resume", "--seed", "1"], None),
+    ],
+)
+def test_bad_input_is_refused_before_tensorflow_loads(trained_run, tmp_path, args, tf_config):
+    """A bad input or option costs no TensorFlow start-up (seconds): the one-line error comes
+    from the checks at the boundary."""
+    run, data = trained_run
+    kept = tmp_path / "kept.nii.gz"
+    kept.write_bytes(b"keep me")
+    image = data / "imagesTr" / "BRATS_000.nii.gz"
+    args = [a.format(image=image, kept=kept, run=run) for a in args]
+    env = dict(os.environ, **({"TF_CONFIG": tf_config} if tf_config else {}))
+    result = subprocess.run(
+        [sys.executable, "-c", BAD_BEFORE_TENSORFLOW, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["RESULT", "2", "False"], result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 # ----------------------------------------------------------------------------- predict options

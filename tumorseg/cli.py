@@ -7,6 +7,7 @@ Exit status: 0 done; 2 bad input or a refused request (one line on stderr naming
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC
 from pathlib import Path
@@ -19,7 +20,6 @@ def quiet_tensorflow() -> str:
     """Import TensorFlow with its C++ start-up messages kept off the terminal: they are written
     straight to file descriptor 2 and would bury the one-line error a bad input deserves.
     Returns them (CUDA or cuDNN load errors among them, where a GPU did not load)."""
-    import os
     import tempfile
 
     sys.stderr.flush()
@@ -84,7 +84,7 @@ RESUME_FIXED = ("preset", "config", "steps_per_epoch", "batch_size", "seed")  # 
 def cmd_train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .run import CONFIG_FILE, MODEL_FILE, is_run, read_config
+    from .run import CONFIG_FILE, MODEL_FILE, check_tf_config, is_run, read_config
 
     out = Path(args.out)
     for name in RESUME_FIXED if args.resume else ():
@@ -101,6 +101,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = read_config(out)
     else:
         config = new_train_config(args)
+    if (args.strategy or config.strategy) == "multiworker":
+        check_tf_config(os.environ.get("TF_CONFIG"))
     startup_log = quiet_tensorflow()  # after the settings are checked: bad ones fail fast
     from .inference import describe_rule
     from .train import describe_devices, make_strategy, resume, train
@@ -184,7 +186,6 @@ def training_spacing(model: str) -> list[float] | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    quiet_tensorflow()
     import json
     from datetime import datetime
 
@@ -193,7 +194,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from . import __version__
     from .atomic import atomic_path
     from .data import check_spacing, find_cases, load_scan, save_label_map, scan_grid
-    from .inference import Predictor
 
     cases = find_cases(args.input)
     targets, provenance = prediction_targets(cases, args.out)
@@ -204,6 +204,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     spacing = training_spacing(args.model)
     for case in cases:  # every grid checked (headers only) before the model loads
         check_spacing(scan_grid(case), spacing)
+    quiet_tensorflow()  # after the inputs are checked: bad ones fail fast
+    from .inference import Predictor
+
     predictor = Predictor.from_run(args.model)
     if args.precision == "bf16" and predictor.config is None:
         raise InputError(

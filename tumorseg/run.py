@@ -351,3 +351,30 @@ def write_state(run: str | os.PathLike, state: dict) -> None:
     """state.json, atomically: the run's commit point."""
     with atomic_path(Path(run) / STATE_FILE) as tmp:
         tmp.write_text(json.dumps(state, indent=2))
+
+
+def check_tf_config(text: str | None) -> None:
+    """Refuse a missing or malformed TF_CONFIG with one line (TensorFlow would give a traceback)."""
+    if not text:
+        raise InputError("TF_CONFIG", "multiworker training needs the TF_CONFIG variable")
+    try:
+        spec = json.loads(text)
+    except ValueError as error:
+        raise InputError("TF_CONFIG", f"not valid JSON ({error})") from None
+    workers = spec.get("cluster", {}).get("worker") if isinstance(spec, dict) else None
+    task = spec.get("task") if isinstance(spec, dict) else None
+    if (
+        not isinstance(workers, list)
+        or not workers
+        or not all(isinstance(w, str) and w.rpartition(":")[2].isdigit() for w in workers)
+    ):
+        raise InputError("TF_CONFIG", 'needs "cluster": {"worker": ["host:port", ...]}')
+    if (
+        not isinstance(task, dict)
+        or task.get("type") != "worker"
+        or not isinstance(task.get("index"), int)
+        or not 0 <= task["index"] < len(workers)
+    ):
+        raise InputError(
+            "TF_CONFIG", f'needs "task": {{"type": "worker", "index": 0..{len(workers) - 1}}}'
+        )

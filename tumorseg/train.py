@@ -10,7 +10,6 @@ and the course's :func:`train_step`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -38,6 +37,7 @@ from .run import (
     MODEL_FILE,
     OUT_OF_TIME,
     TrainConfig,
+    check_tf_config,
     checkpoint_name,
     is_run,
     read_config,
@@ -95,33 +95,6 @@ def describe_devices(
             "emulated, many times slower than float32 (set model.precision to float32)"
         )
     return line
-
-
-def check_tf_config(text: str | None) -> None:
-    """Refuse a missing or malformed TF_CONFIG with one line (TensorFlow would give a traceback)."""
-    if not text:
-        raise InputError("TF_CONFIG", "multiworker training needs the TF_CONFIG variable")
-    try:
-        spec = json.loads(text)
-    except ValueError as error:
-        raise InputError("TF_CONFIG", f"not valid JSON ({error})") from None
-    workers = spec.get("cluster", {}).get("worker") if isinstance(spec, dict) else None
-    task = spec.get("task") if isinstance(spec, dict) else None
-    if (
-        not isinstance(workers, list)
-        or not workers
-        or not all(isinstance(w, str) and w.rpartition(":")[2].isdigit() for w in workers)
-    ):
-        raise InputError("TF_CONFIG", 'needs "cluster": {"worker": ["host:port", ...]}')
-    if (
-        not isinstance(task, dict)
-        or task.get("type") != "worker"
-        or not isinstance(task.get("index"), int)
-        or not 0 <= task["index"] < len(workers)
-    ):
-        raise InputError(
-            "TF_CONFIG", f'needs "task": {{"type": "worker", "index": 0..{len(workers) - 1}}}'
-        )
 
 
 class EarlyStopping:
