@@ -18,7 +18,8 @@ for each notebook it keeps the instructor's parameters, setup and graded-check c
 learner's copies of those are ignored, as nbgrader's OverwriteCells does) and the learner's
 exercise cells, runs them in a fresh kernel with nbgrader's Execute preprocessor (errors
 allowed, a time limit per cell; ``--jobs`` notebooks at once), and reads each check's points
-with nbgrader's ``determine_grade``; a notebook not submitted scores 0 without running. Cells
+with nbgrader's ``determine_grade``; a notebook not submitted or unreadable scores 0 without
+running, one whose kernel fails scores 0, and the message says which. Cells
 that only demonstrate (training, figures) do not run; later notebooks use the library's
 version of an earlier exercise the learner did not solve (``USE_LIBRARY_FALLBACK = True``), so
 each exercise is graded on its own. The result is
@@ -165,8 +166,7 @@ def failure_message(cell) -> str:
     """The first line of the error a graded cell raised (its check's message), or ''."""
     for output in cell.get("outputs", []):
         if output.get("output_type") == "error":
-            text = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
-            return ANSI.sub("", text).strip().splitlines()[0]
+            return first_line(f"{output.get('ename', 'Error')}: {output.get('evalue', '')}")
     return ""
 
 
@@ -183,14 +183,25 @@ def _workspace(folder: Path, work: Path) -> Path:
 
 def grade_notebook(path: Path, folder: Path, work: Path) -> list[dict]:
     """Rows of grades for one course notebook (``path``) of the learner in ``folder``, run in
-    a fresh kernel in ``work``; a notebook not submitted scores 0 without running."""
-    submitted = (folder / path.name).exists()
-    learner = nbformat.read(folder / path.name, as_version=4) if submitted else None
+    a fresh kernel in ``work``. A notebook not submitted, not readable, or whose kernel failed
+    (died, a cell over its time limit) scores 0 with that said, and does not stop the others."""
+    submitted = folder / path.name
+    learner, problem = None, None
+    if not submitted.exists():
+        problem = f"{path.name} not submitted"
+    else:
+        try:
+            learner = nbformat.read(submitted, as_version=4)
+        except Exception as error:  # whatever the file holds: one line
+            problem = f"{path.name}: not a readable notebook ({type(error).__name__})"
     notebook = grading_notebook(nbformat.read(path, as_version=4), learner)
-    if submitted:
-        Execute(
-            timeout=CELL_TIMEOUT, allow_errors=True, extra_arguments=KERNEL_ARGUMENTS
-        ).preprocess(notebook, {"metadata": {"path": str(work)}})
+    if learner is not None:
+        try:
+            Execute(
+                timeout=CELL_TIMEOUT, allow_errors=True, extra_arguments=KERNEL_ARGUMENTS
+            ).preprocess(notebook, {"metadata": {"path": str(work)}})
+        except Exception as error:  # a dead kernel, a timeout: this notebook only
+            problem = f"{path.name}: {type(error).__name__}: {first_line(str(error))}"
     rows = []
     for cell in notebook.cells:
         if not utils.is_grade(cell):
@@ -206,18 +217,22 @@ def grade_notebook(path: Path, folder: Path, work: Path) -> list[dict]:
                 "learner": folder.name,
                 "notebook": path.stem,
                 "exercise": _grade_id(cell).removeprefix("test_"),
-                "points": points if submitted else 0.0,
+                "points": 0.0 if problem else points,
                 "max_points": max_points,
-                "message": failure_message(cell) if submitted else f"{path.name} not submitted",
+                "message": problem or failure_message(cell),
             }
         )
     return rows
 
 
+def first_line(text: str) -> str:
+    lines = ANSI.sub("", text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def grade(submissions: Path, jobs: int = GRADING_JOBS) -> Path:
     """Autograde every learner folder under ``submissions``, ``jobs`` notebooks at a time (each
     in its own kernel); write ``grades.csv`` there."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: no C++ chatter
     if not submissions.is_dir():
         raise BadInput(f"{submissions}: no such folder of submissions")
     learners = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -226,8 +241,11 @@ def grade(submissions: Path, jobs: int = GRADING_JOBS) -> Path:
     with tempfile.TemporaryDirectory() as scratch:
         work = {folder: _workspace(folder, Path(scratch) / folder.name) for folder in learners}
         tasks = [(path, folder, work[folder]) for folder in learners for path in course_notebooks()]
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
             graded = list(pool.map(lambda task: grade_notebook(*task), tasks))
+        finally:  # on Ctrl-C, the notebooks not started yet are not started
+            pool.shutdown(cancel_futures=True)
     rows = [row for notebook_rows in graded for row in notebook_rows]
     out = submissions / "grades.csv"
     tmp = out.with_name(".grades.csv.tmp")

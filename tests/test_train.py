@@ -616,15 +616,15 @@ print("RESULT", code, "tensorflow" in sys.modules)
 
 
 @pytest.mark.parametrize(
-    "args, tf_config",
+    "args, tf_config, says",
     [
-        (["predict", "--model", "no-run", "--input", "missing.nii.gz", "--out", "x"], None),
-        (["predict", "--model", "no-run", "--input", "{image}", "--out", "{kept}"], None),
-        (["train", "--data", "data", "--out", "mw", "--strategy", "multiworker"], "{not json"),
-        (["train", "--out", "{run}", "--resume", "--seed", "1"], None),
+        (["predict", "--model", "no-run", "--input", "gone.nii.gz", "--out", "x"], None, "gone"),
+        (["predict", "--model", "no-run", "--input", "{image}", "--out", "{kept}"], None, "exists"),
+        (["train", "--data", "d", "--out", "mw", "--strategy", "multiworker"], "{", "TF_CONFIG"),
+        (["train", "--out", "{run}", "--resume", "--seed", "1"], None, "--seed"),
     ],
 )
-def test_bad_input_is_refused_before_tensorflow_loads(trained_run, tmp_path, args, tf_config):
+def test_bad_input_is_refused_before_tensorflow_loads(trained_run, tmp_path, args, tf_config, says):
     """A bad input or option costs no TensorFlow start-up (seconds): the one-line error comes
     from the checks at the boundary."""
     run, data = trained_run
@@ -642,7 +642,7 @@ def test_bad_input_is_refused_before_tensorflow_loads(trained_run, tmp_path, arg
         timeout=120,
     )
     assert result.stdout.split() == ["RESULT", "2", "False"], result.stdout + result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result.stderr
 
 
 # ----------------------------------------------------------------------------- predict options
@@ -915,6 +915,31 @@ def test_a_missing_gpu_is_said_when_one_was_expected(monkeypatch):
         lines = describe_devices(strategy, preset, log).splitlines()
         assert len(lines) == 2 and lines[0] == "TensorFlow devices: CPU:0"
         assert "no GPU loaded" in lines[1] and words in lines[1] and "libcudnn.so.9" in lines[1]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_emulated_bf16_is_said(monkeypatch, native):
+    """bf16 on a CPU without AVX-512 BF16 or AMX gets a warning line; native bf16, float32 or a
+    GPU none."""
+    import tensorflow as tf
+
+    import tumorseg.presets
+    from tumorseg.train import describe_devices
+
+    cpu = tf.config.PhysicalDevice("/physical_device:CPU:0", "CPU")
+    gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    devices = [cpu]
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda *args: devices)
+    monkeypatch.setattr(tumorseg.presets, "native_bf16", lambda: native)
+    lines = describe_devices("default", "cpu", "", "bf16").splitlines()
+    assert lines[0] == "TensorFlow devices: CPU:0"
+    if native:
+        assert lines == lines[:1]
+    else:
+        assert len(lines) == 2 and "no native bfloat16" in lines[1] and "float32" in lines[1]
+    assert describe_devices("default", "cpu", "", "float32") == lines[0]
+    devices.append(gpu)
+    assert describe_devices("default", "cpu", "", "bf16") == "TensorFlow devices: CPU:0, GPU:0"
 
 
 def test_calibration_predicts_with_one_network_and_dice_only(trained_run, tmp_path, monkeypatch):

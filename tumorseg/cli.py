@@ -101,17 +101,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = read_config(out)
     else:
         config = new_train_config(args)
-    if (args.strategy or config.strategy) == "multiworker":
+    strategy_name = args.strategy or config.strategy
+    if strategy_name == "multiworker":
         check_tf_config(os.environ.get("TF_CONFIG"))
     startup_log = quiet_tensorflow()  # after the settings are checked: bad ones fail fast
     from .inference import describe_rule
     from .train import describe_devices, make_strategy, resume, train
 
-    print(
-        describe_devices(
-            args.strategy or config.strategy, config.preset, startup_log, config.model.precision
-        )
-    )
+    print(describe_devices(strategy_name, config.preset, startup_log, config.model.precision))
     if args.resume:
         strategy = make_strategy(args.strategy) if args.strategy else None
         state = resume(
@@ -185,6 +182,12 @@ def training_spacing(model: str) -> list[float] | None:
     return read_config(folder).spacing if is_run(folder) else None
 
 
+def given_or(value, option: str, run_value, run_source: str) -> tuple:
+    """A prediction setting and its source: the option's value where it was given, else the
+    run's (calibrated or a default)."""
+    return (value, option) if value is not None else (run_value, run_source)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     import json
     from datetime import datetime
@@ -215,23 +218,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
         )
     if predictor.note:
         print(f"tumorseg: {predictor.note}", file=sys.stderr)
-    threshold = predictor.threshold if args.threshold is None else args.threshold
-    et_min_voxels = args.et_min_voxels
-    if et_min_voxels is None:
-        et_min_voxels = predictor.et_min_voxels or 0
+    threshold, threshold_source = given_or(
+        args.threshold, "--threshold", predictor.threshold, predictor.threshold_source
+    )
+    calibrated = predictor.et_min_voxels is not None
+    et_min_voxels, et_min_voxels_source = given_or(
+        args.et_min_voxels,
+        "--et-min-voxels",
+        predictor.et_min_voxels or 0,
+        "calibrated" if calibrated else "default",
+    )
     record = {
         "model": str(predictor.model_file.resolve()),
         "model_sha256": predictor.model_sha256(),
         "threshold": threshold,
-        "threshold_source": "--threshold"
-        if args.threshold is not None
-        else predictor.threshold_source,
+        "threshold_source": threshold_source,
         "et_min_voxels": et_min_voxels,
-        "et_min_voxels_source": "--et-min-voxels"
-        if args.et_min_voxels is not None
-        else "calibrated"
-        if predictor.et_min_voxels is not None
-        else "default",
+        "et_min_voxels_source": et_min_voxels_source,
         "overlap": args.overlap,
         "tta": args.tta,
         "precision": args.precision,
