@@ -1049,7 +1049,22 @@ def test_train_step(target):
     per_example_loss = _reference_step(_tiny_model(), x, y, 0.0, axis=(1, 2, 3))
     expected = _reference_step(reference, x, y, learning_rate)
     with _earlier_exercises(target, "soft_dice_loss"):
-        loss = check.call(target, model, keras.optimizers.SGD(learning_rate), x, y)
+        loss = check.call(
+            target,
+            model,
+            keras.optimizers.SGD(learning_rate),
+            x,
+            y,
+            hints=[
+                (
+                    None,
+                    "No gradients provided",
+                    "The tape records only what runs inside its block: compute the "
+                    "probabilities and the loss inside `with tf.GradientTape() as tape:`, "
+                    "then call tape.gradient after it.",
+                )
+            ],
+        )
     if loss is None:
         check.fail("returned None: return the batch's loss.")
     if np.shape(np.asarray(loss)) != ():

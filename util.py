@@ -367,8 +367,8 @@ def learner_functions(
     folder of the running notebook), its exercise cells are run, and each function must pass
     its graded check. One that is missing or fails is replaced by the library's version only
     with ``use_library_fallback=True`` (one line says so); otherwise :class:`NotSolvedYet`
-    says in one line what to finish. ``namespace`` receives the definitions (default: a new
-    dict); returns them as attributes, e.g. ``mine.get_sub_volume``.
+    names in one line every one to finish, and why the first fails. ``namespace`` receives the
+    definitions (default: a new dict); returns them as attributes, e.g. ``mine.get_sub_volume``.
     """
     import public_tests
 
@@ -386,7 +386,7 @@ def learner_functions(
             loaded[notebook] = (
                 f"its exercise cells in {path.name} raise {type(error).__name__}: {error}"
             )
-    functions = {}
+    functions, unsolved = {}, []
     for name in names:
         notebook = public_tests.EXERCISES[name].notebook
         problem = loaded[notebook]
@@ -402,11 +402,17 @@ def learner_functions(
             continue
         where = f"{name} ({notebook})"
         if not use_library_fallback:
-            raise NotSolvedYet(
-                f"{where} is not solved yet: {problem}. Finish it there, or set "
-                f"USE_LIBRARY_FALLBACK = True in the parameters cell to go on with "
-                f"the library's version."
-            )
+            unsolved.append((where, problem))
+            continue
         print(f"{where}: {problem}; using the library's version, as USE_LIBRARY_FALLBACK asks.")
         functions[name] = namespace[name] = public_tests.library_version(name)
+    if unsolved:
+        (where, problem), others = unsolved[0], [w for w, _ in unsolved[1:]]
+        also = f" (nor is {', '.join(others)})" if others else ""
+        ends = "" if problem.endswith((".", "?", "!")) else "."
+        raise NotSolvedYet(
+            f"{where} is not solved yet{also}: {problem}{ends} Finish it there, or set "
+            f"USE_LIBRARY_FALLBACK = True in the parameters cell to go on with "
+            f"the library's version."
+        )
     return SimpleNamespace(**functions)

@@ -112,6 +112,19 @@ def test_an_unsolved_exercise_stops_with_one_line(tmp_path):
     assert util.NotSolvedYet(message)._render_traceback_() == [f"\033[91m{message}\033[0m"]
 
 
+def test_every_unsolved_exercise_is_named_in_the_one_line(tmp_path):
+    skeleton = "def get_sub_volume(*args, **kwargs):\n    return None\n"
+    folder = _course_copy(tmp_path, {"standardize": WRONG_STANDARDIZE, "get_sub_volume": skeleton})
+    with pytest.raises(util.NotSolvedYet) as stopped:
+        util.learner_functions("get_sub_volume", "standardize", folder=folder)
+    message = str(stopped.value)
+    assert message.startswith(
+        "get_sub_volume (02_patch_generation) is not solved yet (nor is standardize "
+        "(02_patch_generation)): get_sub_volume:"
+    )
+    assert "\n" not in message and "?." not in message and ".." not in message
+
+
 def test_the_library_version_only_when_the_learner_opts_in(tmp_path, capsys):
     from tumorseg import patches
 

@@ -227,6 +227,16 @@ def test_06_whole_scan_inference(trained, datasets):
     assert "Dice lower here than on the phantoms:" in text
 
 
+def test_notebooks_find_the_real_pair_through_the_library():
+    """data/real is the project's, not the notebook folder's: a learner version elsewhere
+    (make student) reaches it through tumorseg.devset's paths, never ROOT / "data" / "real"."""
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                source = "".join(cell["source"])
+                assert not re.search(r'"real"\s*/|labelled-algorithms"', source), path.name
+
+
 def test_no_notebook_imports_an_exercise_from_the_library():
     import public_tests
 
@@ -285,7 +295,9 @@ def test_later_notebook_says_in_one_line_what_is_unsolved(student):
     message = ANSI.sub("", str(failure.value))
     assert failure.value.ename == "NotSolvedYet"
     assert (
-        "get_sub_volume (02_patch_generation) is not solved yet: get_sub_volume: raised "
+        "get_sub_volume (02_patch_generation) is not solved yet (nor is standardize "
+        "(02_patch_generation), unet_model_3d (03_unet_model), soft_dice_loss "
+        "(04_loss_and_metrics), dice_coefficient (04_loss_and_metrics)): get_sub_volume: raised "
         "TypeError" in message
     )
     assert "USE_LIBRARY_FALLBACK = True" in message

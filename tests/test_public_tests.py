@@ -418,12 +418,14 @@ def sens_spec_df_not_rounded(pred, label):
 # ----------------------------------------------------------------------------- 05
 
 
-def step_variant(training=True, axis=(0, 1, 2, 3), apply=True, sign=1.0, after=False, reduce=True):
+def step_variant(
+    training=True, axis=(0, 1, 2, 3), apply=True, sign=1.0, after=False, reduce=True, taped=True
+):
     def train_step(model, optimizer, x, y):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            p = model(x, training=training)
+            p = model(x, training=training) if taped else tf.stop_gradient(model(x))
             loss = (
                 metrics.soft_dice_loss(y, p, axis=axis)
                 if reduce
@@ -434,7 +436,8 @@ def step_variant(training=True, axis=(0, 1, 2, 3), apply=True, sign=1.0, after=F
         gradients = tape.gradient(loss, model.trainable_variables)
         if apply:
             optimizer.apply_gradients(
-                (sign * g, v) for g, v in zip(gradients, model.trainable_variables)
+                (g if sign == 1.0 else sign * g, v)
+                for g, v in zip(gradients, model.trainable_variables)
             )
         if after:
             return metrics.soft_dice_loss(y, model(x, training=True), axis=axis)
@@ -579,6 +582,7 @@ WRONG = [
     ("train_step", step_variant(sign=-1.0), "down the gradient"),
     ("train_step", step_variant(after=True), "before apply_gradients"),
     ("train_step", step_variant(reduce=False), "one number for the batch"),
+    ("train_step", step_variant(taped=False), "inside `with tf.GradientTape() as tape:`"),
     ("window_starts", starts_without_last, "last window must end at the last voxel"),
     ("window_starts", starts_last_twice, "each start once"),
     ("window_starts", starts_stride_is_overlap, "stride is max(1, int(window * (1 - overlap)))"),

@@ -98,6 +98,12 @@ def test_evaluate_prints_the_pair_beside_the_algorithms_agreement(real_cases, tm
     result = subprocess.run(run, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "no algorithm segmentations" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    run[-1] = tmp_path / "missing"
+    result = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"tumorseg: error: {tmp_path / 'missing'}: no such folder of algorithm segmentations"
+    )
 
 
 def test_tissue_ratios_measure_each_tissue_against_white_matter():

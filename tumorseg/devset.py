@@ -23,13 +23,16 @@ def agreement(truth: str | os.PathLike = LABELLED, algorithms: str | os.PathLike
 
     ``algorithms/<case id>/*-20.nii.gz`` are read in the BraTS 2021 values (the fusions, such as
     ``simple.nii.gz``, are not algorithms and are skipped). Returns a pandas table indexed by
-    (case, algorithm) with columns WT, TC, ET. Raises InputError for a case without any."""
+    (case, algorithm) with columns WT, TC, ET. Raises InputError for a case without any, or a
+    missing ``algorithms`` folder."""
     import pandas as pd
 
     from .data import BRATS2021, find_cases, load_case, load_label
     from .errors import InputError
     from .metrics import region_masks
 
+    if not Path(algorithms).is_dir():
+        raise InputError(algorithms, "no such folder of algorithm segmentations")
     rows = {}
     for case in find_cases(truth):
         _, label = load_case(case)
