@@ -19,12 +19,11 @@ learner's copies of those are ignored, as nbgrader's OverwriteCells does) and th
 exercise cells, runs them in a fresh kernel with nbgrader's Execute preprocessor (errors
 allowed, a time limit per cell; ``--jobs`` notebooks at once), and reads each check's points
 with nbgrader's ``determine_grade``; a notebook not submitted or unreadable scores 0 without
-running, one whose kernel fails scores 0, and the message says which. Cells
-that only demonstrate (training, figures) do not run; later notebooks use the library's
-version of an earlier exercise the learner did not solve (``USE_LIBRARY_FALLBACK = True``), so
-each exercise is graded on its own. The result is
-``SUBMISSIONS/grades.csv``: learner, notebook, exercise, points, max_points, message (the
-check's message on failure).
+running, one whose kernel fails scores 0, and the message says which. Cells that only
+demonstrate (training, figures) do not run; later notebooks use the library's version of an
+earlier exercise the learner did not solve (``USE_LIBRARY_FALLBACK = True``), so each exercise
+is graded on its own. The result is ``SUBMISSIONS/grades.csv``: learner, notebook, exercise,
+points, max_points, message (the check's message on failure).
 """
 
 from __future__ import annotations
@@ -226,6 +225,7 @@ def grade_notebook(path: Path, folder: Path, work: Path) -> list[dict]:
 
 
 def first_line(text: str) -> str:
+    """The first line of ``text`` without terminal colours, or ''."""
     lines = ANSI.sub("", text).strip().splitlines()
     return lines[0] if lines else ""
 
