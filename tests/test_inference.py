@@ -310,7 +310,8 @@ def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
         0.3,
     )
     assert predictor.note is None and predictor.threshold_source == "calibrated"
-    assert predictor.et_min_voxels is None, "calibrated before the minimum existed: none"
+    # calibrated before the minimum existed: none, every enhancing voxel kept
+    assert (predictor.et_min_voxels, predictor.et_min_voxels_source) == (0, "default")
     probabilities = predict_volume(model, image)
     np.testing.assert_allclose(predictor.predict(image), probabilities, atol=1e-6)
     label_map = to_label_map(probabilities, 0.3)
@@ -321,7 +322,10 @@ def test_predictor_from_a_run_folder_uses_its_config_and_threshold(tmp_path):
     state = {"epoch": 1, "threshold": 0.3, "et_min_voxels": enhancing + 1}
     (run / "state.json").write_text(json.dumps(state))
     predictor = Predictor.from_run(run)
-    assert predictor.et_min_voxels == enhancing + 1
+    assert (predictor.et_min_voxels, predictor.et_min_voxels_source) == (
+        enhancing + 1,
+        "calibrated",
+    )
     relabelled = np.where(label_map == 3, 2, label_map)
     np.testing.assert_array_equal(predictor.segment(image), relabelled)
     np.testing.assert_array_equal(predictor.segment(image, et_min_voxels=0), label_map)

@@ -221,12 +221,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     threshold, threshold_source = given_or(
         args.threshold, "--threshold", predictor.threshold, predictor.threshold_source
     )
-    calibrated = predictor.et_min_voxels is not None
     et_min_voxels, et_min_voxels_source = given_or(
         args.et_min_voxels,
         "--et-min-voxels",
-        predictor.et_min_voxels or 0,
-        "calibrated" if calibrated else "default",
+        predictor.et_min_voxels,
+        predictor.et_min_voxels_source,
     )
     record = {
         "model": str(predictor.model_file.resolve()),

@@ -346,8 +346,9 @@ class Predictor:
     threshold: float
     threshold_source: str  # "calibrated" (on the run's validation scans) or "default"
     note: str | None = None
-    # Enhancing tumour smaller than this becomes non-enhancing; None: not calibrated (keep it).
-    et_min_voxels: int | None = None
+    # Enhancing tumour smaller than this becomes non-enhancing; 0 keeps every enhancing voxel.
+    et_min_voxels: int = 0
+    et_min_voxels_source: str = "default"  # "calibrated" (with the threshold) or "default"
     _nets: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -393,7 +394,9 @@ class Predictor:
                 config.patch_shape,
                 threshold,
                 "calibrated",
-                et_min_voxels=state.get("et_min_voxels"),
+                et_min_voxels=state.get("et_min_voxels", 0),
+                # a run calibrated before the minimum existed has none: every voxel kept
+                et_min_voxels_source="calibrated" if "et_min_voxels" in state else "default",
             )
         config = config_from_model(model)
         patch = tuple(model.input_shape[1:4])
@@ -462,9 +465,8 @@ class Predictor:
         label_map = to_label_map(
             probabilities, self.threshold if threshold is None else threshold, self.output
         )
-        if et_min_voxels is None:
-            et_min_voxels = self.et_min_voxels or 0
-        return drop_small_enhancing(label_map, et_min_voxels)
+        minimum = self.et_min_voxels if et_min_voxels is None else et_min_voxels
+        return drop_small_enhancing(label_map, minimum)
 
     @property
     def output(self) -> str:
