@@ -6,7 +6,7 @@ Dice + CE, deep supervision, core-centred patches, instance normalisation, SGD +
 threads), on the schedule fitted to the minutes with bf16's speed spent on epochs or width
 (``fitted``, ``bf16_fitted``: the default now, ``bf16_wider``, ``bf16_wider_longer``,
 ``bf16_widest``), on the scans seen at 2 mm (``coarse``, ``fine``, ``coarse_longer``,
-``bf16_wider_longer_coarse``, ``coarse_dice_ce_core``, ``bf16_dice_ce_core``) on the
+``bf16_wider_longer_coarse``, ``coarse_dice_ce_core``, ``bf16_dice_ce_core``), on the
 generator's contrast rules (``widened``) and on a narrower network for CPUs without native
 bfloat16 (``narrow``), each from ``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
