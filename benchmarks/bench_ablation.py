@@ -7,8 +7,9 @@ threads), on the schedule fitted to the minutes with bf16's speed spent on epoch
 (``fitted``, ``bf16_fitted``: the default now, ``bf16_wider``, ``bf16_wider_longer``,
 ``bf16_widest``), on the scans seen at 2 mm (``coarse``, ``fine``, ``coarse_longer``,
 ``bf16_wider_longer_coarse``, ``coarse_dice_ce_core``, ``bf16_dice_ce_core``), on the
-generator's contrast rules (``widened``) and on a narrower network for CPUs without native
-bfloat16 (``narrow``), each from ``SEEDS`` training seeds
+generator's contrast rules (``widened``) and on the network's width on CPUs without native
+bfloat16 (``narrow``: 4 base filters, the default there since 2026-12-08; ``base8``: 8, the
+default with native bf16), each from ``SEEDS`` training seeds
 (``TrainConfig.seed``: the case split, the initial weights and the patches). Each run is scored
 on held-out phantoms of its own generator and of the shifted one
 (:func:`benchmarks.bench_transfer.dice_on`, no TTA, the default threshold 0.5: no calibration)
@@ -22,7 +23,8 @@ it (defaults 15 and 32, as `make run`), ``TUMORSEG_ABLATION_SEEDS`` (default 2) 
 ``TUMORSEG_ABLATION_VARIANTS`` (comma-separated names) picks variants and
 ``TUMORSEG_ABLATION_HELD_OUT`` (default 8) the held-out phantoms of each generator. Each run
 trains in its own Python process (thread pools and XLA start fresh); a finished run is not
-trained again.
+trained again, and a run folder whose network is not its variant's now (a preset changed since)
+stops the ablation with its name.
 """
 
 from __future__ import annotations
@@ -154,10 +156,13 @@ VARIANTS = {
     ),
     # On two AVX2 cores without native bf16 a float32 step of the cpu preset takes 2.7 s (12
     # epochs in make run's 15 minutes, 2026-12-07); 4 base filters step 2.7x faster there.
+    # The preset's width since 2026-12-08 on such CPUs (presets.CPU_BASE_FILTERS); ``base8`` is
+    # the width before there, and the preset's with native bf16.
     "narrow": Variant(
-        "width: 4 base filters (not 8), more epochs in the same minutes",
+        "width: 4 base filters, more epochs in the same minutes",
         model={"n_base_filters": 4},
     ),
+    "base8": Variant("width: 8 base filters", model={"n_base_filters": 8}),
     # The network sees each 1 mm scan at 2 mm (ModelConfig.downsample, the default since
     # 2026-12-07): a 64x64x32 patch covers 128x128x64 mm, a whole tumour and its surroundings,
     # at the same cost per step. ``fine`` is the seed's own resolution, the default before.
@@ -287,11 +292,14 @@ def held_out(name: str, generator: str = "own"):
 def train_run(name: str, seed: int) -> None:
     """Train (or finish) variant ``name`` with training seed ``seed`` under
     build/bench/ablation/ (run by :func:`ablation` in a fresh process)."""
-    from tumorseg.run import is_run
+    from tumorseg.run import is_run, read_config
     from tumorseg.train import resume, train
 
     run = run_folder(name, seed)
     if is_run(run):
+        trained = read_config(run)
+        if trained.model != variant_config(name, seed, trained.data).model:
+            raise SystemExit(f"{run}: trained with another network than {name}'s now; delete it")
         resume(run, verbose=0)
         return
     train(variant_config(name, seed, train_data(name)), run, verbose=0)
@@ -390,14 +398,15 @@ def ablation() -> dict:
         runs = []
         for seed in range(SEEDS):
             print(f"[ablation] {name}, seed {seed}", flush=True)
-            subprocess.run(
+            training = subprocess.run(
                 [
                     sys.executable,
                     "-c",
                     f"from benchmarks.bench_ablation import train_run; train_run({name!r}, {seed})",
-                ],
-                check=True,
+                ]
             )
+            if training.returncode:
+                raise SystemExit(f"[ablation] {name}, seed {seed}: training stopped (see above)")
             runs.append(scored(name, seed))
         result["variants"][name] = {
             "runs": runs,

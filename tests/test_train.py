@@ -1024,7 +1024,7 @@ def test_the_default_levers_are_the_seeds_recipe(tmp_path):
     assert (config.model.precision, PRESETS["seed"].precision) == (CPU_PRECISION, "float32")
 
 
-def test_the_cpu_preset_takes_bf16_only_where_the_cpu_has_it():
+def test_the_cpu_preset_takes_bf16_and_8_filters_only_where_the_cpu_has_bf16():
     from tumorseg.presets import native_bf16
 
     avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"
@@ -1033,6 +1033,8 @@ def test_the_cpu_preset_takes_bf16_only_where_the_cpu_has_it():
     assert native_bf16(avx2.replace("avx512f", "amx_bf16 amx_tile"))
     assert not native_bf16("model name\t: avx512_bf16 in its name\n")
     assert CPU_PRECISION == ("bf16" if native_bf16() else "float32")
+    # and 8 base filters there; 4 elsewhere, where float32 weight gradients are slow
+    assert PRESETS["cpu"].n_base_filters == (8 if native_bf16() else 4)
 
 
 def test_optimizer_and_schedule_settings(tmp_path):
@@ -1179,3 +1181,21 @@ def test_every_ablation_variant_is_a_valid_run_that_changes_one_thing(tmp_path):
         assert config.seed == 1
         if name in levers and not (name == "float32" and CPU_PRECISION == "float32"):
             assert config != default, name  # float32 is the default on a CPU without bf16
+
+
+def test_an_ablation_run_trained_with_another_network_is_not_reused(tmp_path, monkeypatch):
+    """A run folder left by an ablation before a preset changed (another network than the
+    variant builds now) stops the ablation, naming the folder, instead of being scored as the
+    variant."""
+    from dataclasses import replace
+
+    from benchmarks import bench_ablation
+
+    monkeypatch.setattr(bench_ablation, "OUT", tmp_path)
+    run = bench_ablation.run_folder("base8", 0)
+    config = bench_ablation.variant_config("base8", 0, tmp_path)
+    stale = replace(config, model=replace(config.model, n_base_filters=4))
+    run.mkdir(parents=True)
+    stale.save(run / "config.json")
+    with pytest.raises(SystemExit, match=f"{run}: trained with another network than base8"):
+        bench_ablation.train_run("base8", 0)
