@@ -1024,7 +1024,7 @@ def test_the_default_levers_are_the_seeds_recipe(tmp_path):
     assert (config.model.precision, PRESETS["seed"].precision) == (CPU_PRECISION, "float32")
 
 
-def test_the_cpu_preset_takes_bf16_and_8_filters_only_where_the_cpu_has_bf16():
+def test_the_cpu_preset_takes_bf16_only_where_the_cpu_has_it():
     from tumorseg.presets import native_bf16
 
     avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"
@@ -1033,8 +1033,6 @@ def test_the_cpu_preset_takes_bf16_and_8_filters_only_where_the_cpu_has_bf16():
     assert native_bf16(avx2.replace("avx512f", "amx_bf16 amx_tile"))
     assert not native_bf16("model name\t: avx512_bf16 in its name\n")
     assert CPU_PRECISION == ("bf16" if native_bf16() else "float32")
-    # and 8 base filters there; 4 elsewhere, where float32 weight gradients are slow
-    assert PRESETS["cpu"].n_base_filters == (8 if native_bf16() else 4)
 
 
 def test_optimizer_and_schedule_settings(tmp_path):

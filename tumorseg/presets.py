@@ -46,12 +46,8 @@ def native_bf16(cpuinfo: str | None = None) -> bool:
     return any(flag in flags for flag in BF16_FLAGS)
 
 
-# The cpu preset on this machine: mixed bfloat16 and 8 base filters where the CPU computes bf16
-# natively; elsewhere float32 and 4 base filters, which step 2.7x faster there (README, the
-# network's width on a CPU without native bfloat16: own phantoms and real ET up, three seeds).
-NATIVE_BF16 = native_bf16()
-CPU_PRECISION = "bf16" if NATIVE_BF16 else "float32"
-CPU_BASE_FILTERS = 8 if NATIVE_BF16 else 4
+# The cpu preset's precision on this machine: mixed bfloat16 where the CPU has it natively.
+CPU_PRECISION = "bf16" if native_bf16() else "float32"
 
 
 @dataclass(frozen=True)
@@ -88,11 +84,10 @@ PRESETS = {
     # scans at 2 mm: a patch covers 128x128x64 mm at the same cost per step (README, the
     # resolution ablation: own phantoms and the real tumour core up, three training seeds).
     # Mixed bfloat16 where the CPU has it (AVX-512 BF16, AMX): 1.3x the steps of float32 (README,
-    # the bf16 ablation); float32 and half the filters on other CPUs, which emulate bf16 (README:
-    # 60x slower) and compute float32 weight gradients slowly (CPU_BASE_FILTERS).
+    # the bf16 ablation); float32 on other CPUs, which emulate bf16 (README: 60x slower).
     "cpu": ModelConfig(
         patch_shape=(64, 64, 32),
-        n_base_filters=CPU_BASE_FILTERS,
+        n_base_filters=8,
         normalization="batch",
         precision=CPU_PRECISION,
         downsample=2,
@@ -100,11 +95,10 @@ PRESETS = {
 }
 
 TRAINING_PRESETS = {
-    # Two CPU cores: 0.5-1.5 s per step of 4 patches of 64x64x32 with AVX-512 (8 filters, bf16;
-    # one machine, 2026-12-02 to 12-07), 1.3 s with AVX2 (4 filters, float32), validation
-    # included. Training stops at 15 minutes; the cosine schedule shrinks to the epochs they hold
-    # (69-71 of the 84 in bf16 at 2 mm, 26-27 with AVX2) and runs to its end, with no early stop
-    # (README, the resolution ablation's coarse_longer: three training seeds).
+    # Two CPU cores: 0.5-1.5 s per step of 4 patches of 64x64x32, validation included (one
+    # machine, 2026-12-02 to 12-07). Training stops at 15 minutes; the cosine schedule shrinks to
+    # the epochs they hold (69-71 of the 84 in bf16 at 2 mm, 2026-12-07) and runs to its end,
+    # with no early stop (README, the resolution ablation's coarse_longer: three training seeds).
     "cpu": dict(
         epochs=84,
         steps_per_epoch=25,
